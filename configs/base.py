@@ -1,0 +1,85 @@
+"""Defaults shared by every experiment: the upstream Single2MultiView 7B recipe (spec/cosmos-compat.md §1.3).
+
+Experiments (`configs/waymo.py`, `configs/demo.py`) start from `get_config()` and change what differs. Derived
+values (latent shape, token count) are computed once here by `derive()`, never typed twice.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+VIEW_KEYS = ("pinhole_front", "pinhole_front_left", "pinhole_front_right", "pinhole_side_left", "pinhole_side_right")
+# View index in VIEW_KEYS -> row of the network's 7-row view-embedding table (upstream caption_view_idx_map).
+CAPTION_VIEW_IDX_MAP = {0: 0, 1: 1, 2: 2, 3: 4, 4: 5}
+
+
+def model_7b() -> ml_collections.ConfigDict:
+    """`MultiviewExtensionGeneralDIT` as composed by the 7B Single2MultiView experiments."""
+    return ml_collections.ConfigDict(dict(
+        model_channels=4096, num_blocks=28, num_heads=32, mlp_ratio=4.0, crossattn_emb_channels=1024,
+        adaln_lora_dim=256, patch_spatial=2, patch_temporal=1, in_channels=16, out_channels=16,
+        max_img_h=240, max_img_w=240, max_frames=128,
+        rope_h_extrapolation_ratio=1.0, rope_w_extrapolation_ratio=1.0, rope_t_extrapolation_ratio=2.0,
+        extra_h_extrapolation_ratio=1.0, extra_w_extrapolation_ratio=1.0, extra_t_extrapolation_ratio=1.0,
+        n_views_emb=7, view_condition_dim=6, add_repeat_frame_embedding=True, concat_padding_mask=True,
+        logvar_channels=128,
+        # Execution: compute dtype (params and EMA stay fp32), attention kernel, blocks through lax.scan.
+        dtype="bfloat16", attention_impl="auto", scan_blocks=True,
+    ))
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.job = ml_collections.ConfigDict(dict(project="posttraining", group="diffusion_text2world", name="debug"))
+
+    c.data = ml_collections.ConfigDict(dict(
+        dataset_dir="datasets/waymo", num_frames=57, view_keys=list(VIEW_KEYS), video_size=(576, 1024),
+        sample_n_views=3, caption_view_idx_map={str(k): v for k, v in CAPTION_VIEW_IDX_MAP.items()},
+        load_mv_emb=False, sequence_interval=1, start_frame_interval=1, on_bad_sample="error", latent_cache="",
+        text_tokens=512, num_workers=2,
+    ))
+    c.batch_size = 1  # global batch per micro-step (upstream: 1 per GPU)
+    c.grad_accum = 1
+    # Ordered (name, size) pairs; one size may be -1 = the remaining devices.
+    c.mesh = (("data", 1), ("fsdp", -1), ("context", 1))
+
+    c.model = model_7b()
+    c.remat = "full"  # upstream wraps every block in an activation checkpoint
+    c.tokenizer = ml_collections.ConfigDict(dict(
+        name="cosmos", checkpoint_dir="checkpoints/Cosmos-Tokenize1-CV8x8x8-720p", pixel_chunk_duration=57,
+        latent_channels=16, temporal_compression=8, spatial_compression=8,
+    ))
+    c.diffusion = ml_collections.ConfigDict(dict(
+        sigma_data=0.5, p_mean=0.0, p_std=1.0, sigma_min=0.0002, sigma_max=80.0, loss_add_logvar=True,
+    ))
+    c.conditioning = ml_collections.ConfigDict(dict(
+        condition_location="first_cam", first_random_n_num_condition_t_max=0,
+        apply_corruption_to_condition_region="noise_with_sigma",
+        augment_sigma_p_mean=-3.0, augment_sigma_p_std=2.0, augment_sigma_multiplier=1.0,
+        text_dropout_rate=0.2, fps=10.0,
+    ))
+    c.optim = ml_collections.ConfigDict(dict(
+        lr=2**-14.3, weight_decay=0.1, b1=0.9, b2=0.99, eps=1e-10,
+        warmup_steps=2500, f_start=1e-6, f_max=1.0, f_min=1.0, cycle_length=int(1e13),
+        clip_norm=1.0, force_finite=True,
+    ))
+    c.ema = ml_collections.ConfigDict(dict(enabled=True, s=0.1))
+    c.lora = ml_collections.ConfigDict(dict(rank=0, alpha=0.0, targets=[]))
+    c.checkpoint = ml_collections.ConfigDict(dict(
+        save_iter=200, max_to_keep=3, export_pt=True, load_path="",
+    ))
+    c.max_iter = 2000
+    c.log_every = 10
+    c.seed = 0
+    return c
+
+
+def derive(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Fill derived values: latent shape per view and token count."""
+    t_lat = (c.data.num_frames - 1) // c.tokenizer.temporal_compression + 1
+    h_lat = c.data.video_size[0] // c.tokenizer.spatial_compression
+    w_lat = c.data.video_size[1] // c.tokenizer.spatial_compression
+    c.latent_shape = (c.model.in_channels, t_lat, h_lat, w_lat)  # per view, upstream [C, T, H, W]
+    p = c.model.patch_spatial
+    c.tokens_per_view = (t_lat // c.model.patch_temporal) * (h_lat // p) * (w_lat // p)
+    return c

@@ -1,0 +1,34 @@
+"""`python -m converters.keys --config=configs/waymo.py[:t2w|:v2w]`: the upstream key table of a config.
+
+Computed abstractly (no weights are allocated): one line per tensor, `KEY<TAB>d0,d1,...`, in upstream's order, and
+nothing else on stdout.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]", lock_config=True)
+
+
+def table(config) -> list[tuple[str, tuple[int, ...]]]:
+    from converters import keymap
+    from cosmos_jax.models import build
+
+    cfg = build.dit_config(config)
+    return keymap.torch_table(build.flat_shapes(build.abstract(cfg)), cfg.num_blocks)
+
+
+def main(argv):
+    del argv
+    if _CONFIG.value is None:
+        raise app.UsageError("--config is required")
+    lines = [f"{k}\t{','.join(map(str, s))}" for k, s in table(_CONFIG.value)]
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    app.run(main)

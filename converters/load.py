@@ -1,0 +1,28 @@
+"""Load an upstream `.pt` into our network strictly, through the key map (the converters' shared path)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from converters import keymap, pt_io
+from cosmos_jax.models import build
+
+
+def pt_to_tree(path: str, model) -> dict[tuple[str, ...], np.ndarray]:
+    """{our path: numpy} from an upstream checkpoint, checked against `model`'s (possibly abstract) shapes."""
+    state = pt_io.load_state_dict(path)
+    arrays = {k: pt_io.tensor_to_numpy(v) for k, v in state.items() if not k.endswith(keymap.EXTRA_STATE_SUFFIX)}
+    return keymap.from_torch(arrays, build.flat_shapes(model), model.net.cfg.num_blocks, source=path)
+
+
+def load_pt_into(model, path: str) -> None:
+    """Overwrite every parameter and buffer of `model` from the `.pt` at `path` (strict; cast to fp32)."""
+    build.load_flat(model, pt_to_tree(path, model))
+
+
+def tree_to_pt(tree: dict[tuple[str, ...], np.ndarray], num_blocks: int, path: str, dtype=None) -> None:
+    """Write {our path: array} as an upstream `.pt` (optionally cast to dtype, e.g. bf16 for the reg export)."""
+    state = keymap.to_torch(tree, num_blocks)
+    if dtype is not None:
+        state = {k: v.astype(dtype) for k, v in state.items()}
+    pt_io.save_state_dict(state, path)

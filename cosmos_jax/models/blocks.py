@@ -1,0 +1,132 @@
+"""One Cosmos DiT transformer block: full self-attention (FA), per-view cross-attention (CA), MLP.
+
+Upstream: cosmos_predict1/diffusion/training/module/blocks.py (`GeneralDITTransformerBlock`, `DITBuildingBlock`,
+`VideoAttn`), module/attention.py (`Attention`, qkv_norm "RRI"). Each sub-block is
+    shift, scale, gate = adaLN_modulation(emb) + adaln_lora
+    x = x + gate * op(LayerNorm(x) * (1 + scale) + shift)
+and the block begins with the extra per-block sin/cos embedding added to x.
+
+Shape legend: B batch, V views, L tokens (all views), Lv tokens per view, S text tokens per view, N heads,
+K head dim, D width, E text-embedding width.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from cosmos_jax.models.attention import attention
+from cosmos_jax.models.embeddings import apply_rope
+from cosmos_jax.models.layers import AdaLNModulation, Dense, RMSNorm, layer_norm, modulate, zeros
+
+
+class Attention(nnx.Module):
+    """q/k/v/out projections without bias, per-head RMSNorm on q and k, optional RoPE (self-attention only)."""
+
+    def __init__(self, dim: int, context_dim: int, num_heads: int, *, rngs: nnx.Rngs, dtype, impl: str):
+        self.num_heads, self.head_dim, self.impl = num_heads, dim // num_heads, impl
+        kv_axis = "embed" if context_dim == dim else "kv_embed"
+        self.to_q = Dense(dim, dim, ("embed", "heads"), rngs=rngs, dtype=dtype)
+        self.q_norm = RMSNorm(self.head_dim, "norm", rngs=rngs)
+        self.to_k = Dense(context_dim, dim, (kv_axis, "heads"), rngs=rngs, dtype=dtype)
+        self.k_norm = RMSNorm(self.head_dim, "norm", rngs=rngs)
+        self.to_v = Dense(context_dim, dim, (kv_axis, "heads"), rngs=rngs, dtype=dtype)
+        self.to_out = Dense(dim, dim, ("heads", "embed"), rngs=rngs, dtype=dtype)
+
+    def __call__(self, x_BLD: jax.Array, context_BSE: jax.Array | None = None, rope=None) -> jax.Array:
+        ctx = x_BLD if context_BSE is None else context_BSE
+        heads = lambda t: t.reshape(*t.shape[:-1], self.num_heads, self.head_dim)  # noqa: E731
+        q_BLNK = self.q_norm(heads(self.to_q(x_BLD)))
+        k_BSNK = self.k_norm(heads(self.to_k(ctx)))
+        v_BSNK = heads(self.to_v(ctx))
+        if rope is not None:
+            cos_BL1K, sin_BL1K = rope
+            q_BLNK = apply_rope(q_BLNK, cos_BL1K, sin_BL1K)
+            k_BSNK = apply_rope(k_BSNK, cos_BL1K, sin_BL1K)
+        o_BLNK = attention(q_BLNK, k_BSNK, v_BSNK, self.impl)
+        return self.to_out(o_BLNK.reshape(*o_BLNK.shape[:-2], -1))
+
+
+class MLP(nnx.Module):
+    """GPT2FeedForward: Linear(D, 4D) -> exact GELU -> Linear(4D, D), no bias."""
+
+    def __init__(self, dim: int, hidden: int, *, rngs: nnx.Rngs, dtype):
+        self.layer1 = Dense(dim, hidden, ("embed", "mlp"), rngs=rngs, dtype=dtype)
+        self.layer2 = Dense(hidden, dim, ("mlp", "embed"), rngs=rngs, dtype=dtype)
+
+    def __call__(self, x_BLD: jax.Array) -> jax.Array:
+        return self.layer2(jax.nn.gelu(self.layer1(x_BLD), approximate=False))
+
+
+def _gated(adaln: AdaLNModulation, x_BLD, emb_BD, adaln_lora_B3D, op):
+    shift_BD, scale_BD, gate_BD = jnp.split(adaln(emb_BD) + adaln_lora_B3D, 3, axis=-1)
+    y_BLD = op(modulate(layer_norm(x_BLD), shift_BD, scale_BD))
+    return x_BLD + gate_BD[:, None, :].astype(x_BLD.dtype) * y_BLD.astype(x_BLD.dtype)
+
+
+class SelfAttnBlock(nnx.Module):
+    """FA: joint self-attention over the tokens of all views (the only cross-view mixing)."""
+
+    def __init__(self, dim, num_heads, lora_dim, *, rngs, dtype, impl):
+        self.adaln = AdaLNModulation(dim, lora_dim, 3, rngs=rngs, dtype=dtype, zero_init=True)
+        self.attn = Attention(dim, dim, num_heads, rngs=rngs, dtype=dtype, impl=impl)
+
+    def __call__(self, x_BLD, emb_BD, adaln_lora_B3D, rope):
+        return _gated(self.adaln, x_BLD, emb_BD, adaln_lora_B3D, lambda h: self.attn(h, rope=rope))
+
+
+class CrossAttnBlock(nnx.Module):
+    """CA: view v's tokens attend only to its own S text tokens (upstream reshapes views into the batch)."""
+
+    def __init__(self, dim, context_dim, num_heads, lora_dim, *, rngs, dtype, impl):
+        self.adaln = AdaLNModulation(dim, lora_dim, 3, rngs=rngs, dtype=dtype, zero_init=True)
+        self.attn = Attention(dim, context_dim, num_heads, rngs=rngs, dtype=dtype, impl=impl)
+
+    def __call__(self, x_BLD, emb_BD, adaln_lora_B3D, text_BVSE):
+        b, v, s, e = text_BVSE.shape
+
+        def per_view(h_BLD):
+            h_bLvD = h_BLD.reshape(b * v, h_BLD.shape[1] // v, h_BLD.shape[2])
+            o_bLvD = self.attn(h_bLvD, text_BVSE.reshape(b * v, s, e))
+            return o_bLvD.reshape(h_BLD.shape)
+
+        return _gated(self.adaln, x_BLD, emb_BD, adaln_lora_B3D, per_view)
+
+
+class MLPBlock(nnx.Module):
+    def __init__(self, dim, hidden, lora_dim, *, rngs, dtype):
+        self.adaln = AdaLNModulation(dim, lora_dim, 3, rngs=rngs, dtype=dtype, zero_init=True)
+        self.mlp = MLP(dim, hidden, rngs=rngs, dtype=dtype)
+
+    def __call__(self, x_BLD, emb_BD, adaln_lora_B3D):
+        return _gated(self.adaln, x_BLD, emb_BD, adaln_lora_B3D, self.mlp)
+
+
+class TransformerBlock(nnx.Module):
+    """FA -> CA -> MLP, preceded by the extra per-block sin/cos embedding ("FA-CA-MLP", upstream blocks.0-2)."""
+
+    def __init__(self, dim, context_dim, num_heads, mlp_ratio, lora_dim, *, rngs, dtype, impl):
+        self.fa = SelfAttnBlock(dim, num_heads, lora_dim, rngs=rngs, dtype=dtype, impl=impl)
+        self.ca = CrossAttnBlock(dim, context_dim, num_heads, lora_dim, rngs=rngs, dtype=dtype, impl=impl)
+        self.mlp = MLPBlock(dim, int(dim * mlp_ratio), lora_dim, rngs=rngs, dtype=dtype)
+
+    def __call__(self, x_BLD, emb_BD, adaln_lora_B3D, extra_pos_1LD, rope, text_BVSE):
+        if extra_pos_1LD is not None:
+            x_BLD = x_BLD + extra_pos_1LD.astype(x_BLD.dtype)
+        x_BLD = self.fa(x_BLD, emb_BD, adaln_lora_B3D, rope)
+        x_BLD = self.ca(x_BLD, emb_BD, adaln_lora_B3D, text_BVSE)
+        return self.mlp(x_BLD, emb_BD, adaln_lora_B3D)
+
+
+class FinalLayer(nnx.Module):
+    """LayerNorm -> AdaLN-LoRA (shift, scale; adds adaln_lora[:, :2D]) -> Linear(D, p*p*t*C_out)."""
+
+    def __init__(self, dim, out_features, lora_dim, *, rngs, dtype):
+        self.adaln = AdaLNModulation(dim, lora_dim, 2, rngs=rngs, dtype=dtype, zero_init=True)
+        self.linear = Dense(dim, out_features, ("embed", "patch"), rngs=rngs, dtype=dtype, init=zeros)
+
+    def __call__(self, x_BLD, emb_BD, adaln_lora_B3D):
+        d = x_BLD.shape[-1]
+        shift_BD, scale_BD = jnp.split(self.adaln(emb_BD) + adaln_lora_B3D[:, : 2 * d], 2, axis=-1)
+        return self.linear(modulate(layer_norm(x_BLD), shift_BD, scale_BD))

@@ -1,0 +1,53 @@
+"""Build the network from a config: real (initialised) or abstract (shapes only), and flat-tree helpers."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from flax import nnx
+
+from cosmos_jax.models.dit import DiffusionNet, DiTConfig
+
+
+def dit_config(config) -> DiTConfig:
+    """DiTConfig from a full experiment config (`config.model` plus the top-level `remat`)."""
+    model = dict(config.model.items())
+    return DiTConfig.from_config({**model, "remat": config.get("remat", "none")})
+
+
+def create(cfg: DiTConfig, seed: int = 0) -> DiffusionNet:
+    """An initialised network on the default device, without any mesh (tests, CPU tools)."""
+    with nnx.use_eager_sharding(False):
+        return DiffusionNet(cfg, rngs=nnx.Rngs(seed))
+
+
+def abstract(cfg: DiTConfig) -> DiffusionNet:
+    """The network with ShapeDtypeStructs instead of arrays: no memory, any size."""
+    with nnx.use_eager_sharding(False):
+        return nnx.eval_shape(lambda: DiffusionNet(cfg, rngs=nnx.Rngs(0)))
+
+
+def flat_shapes(model: nnx.Module) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """{path: shape} of every Param and Buffer."""
+    return {tuple(map(str, p)): tuple(v.get_value().shape) for p, v in nnx.to_flat_state(nnx.state(model))}
+
+
+def flat_arrays(model: nnx.Module) -> dict[tuple[str, ...], np.ndarray]:
+    """{path: numpy array} of every Param and Buffer."""
+    return {tuple(map(str, p)): np.asarray(jax.device_get(v.get_value()))
+            for p, v in nnx.to_flat_state(nnx.state(model))}
+
+
+def load_flat(model: nnx.Module, tree: dict[tuple[str, ...], np.ndarray]) -> None:
+    """Write {path: array} into the model in place (paths and shapes must match exactly)."""
+    state = nnx.state(model)
+    flat = dict(nnx.to_flat_state(state))
+    missing = sorted(set(map(lambda p: tuple(map(str, p)), flat)) ^ set(tree))
+    if missing:
+        raise ValueError(f"tree paths differ from the model's: {missing[:10]}")
+    for p, var in flat.items():
+        value = tree[tuple(map(str, p))]
+        if tuple(value.shape) != tuple(var.get_value().shape):
+            raise ValueError(f"{'/'.join(map(str, p))}: shape {value.shape} != model {var.get_value().shape}")
+        var.set_value(jax.numpy.asarray(value, dtype=var.get_value().dtype))
+    nnx.update(model, state)

@@ -1,0 +1,26 @@
+"""Rematerialisation policies for the transformer block, chosen by name in `config.model.remat`.
+
+  none  keep every activation (fastest, most memory)
+  full  keep only the block input; recompute the block in the backward pass (upstream's FSDP checkpoint_wrapper)
+  dots  keep the outputs of matmuls without batch dimensions (projections, MLP); recompute the rest
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+
+POLICIES = ("none", "full", "dots")
+
+
+def remat_block(body: Callable, policy: str) -> Callable:
+    """Wrap a scan body `(carry, xs) -> (carry, ys)` with the named policy."""
+    if policy == "none":
+        return body
+    if policy == "full":
+        return jax.checkpoint(body, prevent_cse=False)
+    if policy == "dots":
+        return jax.checkpoint(body, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+                              prevent_cse=False)
+    raise ValueError(f"model.remat={policy!r}: expected one of {POLICIES}")
