@@ -8,7 +8,7 @@ Upstream keys are those of `ModuleDict{net: MultiviewExtensionGeneralDIT, logvar
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator, Mapping
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 

@@ -9,7 +9,7 @@ plain indexing of a sequence-sharded array); with Auto axes XLA propagates shard
 from __future__ import annotations
 
 import contextlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import numpy as np
@@ -50,7 +50,7 @@ def resolve_mesh_shape(mesh_spec: Sequence[Sequence], num_devices: int) -> tuple
         sizes[sizes.index(-1)] = num_devices // known
     if int(np.prod(sizes)) != num_devices:
         raise ValueError(f"config.mesh {tuple(mesh_spec)} needs {int(np.prod(sizes))} devices, {num_devices} present")
-    return tuple(zip(names, sizes))
+    return tuple(zip(names, sizes, strict=True))
 
 
 def make_mesh(mesh_spec: Sequence[Sequence], devices: Sequence[jax.Device] | None = None) -> Mesh:

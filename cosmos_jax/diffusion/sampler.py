@@ -7,7 +7,7 @@ model_v2w.py::_augment_noise_with_latent. Latents are [B, V, T, H, W, C].
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

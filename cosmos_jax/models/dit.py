@@ -72,7 +72,7 @@ class DiTConfig:
         return self.out_channels * self.patch_temporal * self.patch_spatial**2
 
     @classmethod
-    def from_config(cls, cfg) -> "DiTConfig":
+    def from_config(cls, cfg) -> DiTConfig:
         """From an ml_collections `config.model` (extra keys are an error, missing ones take the defaults)."""
         fields = {f.name for f in dataclasses.fields(cls)}
         items = dict(cfg.items()) if hasattr(cfg, "items") else dict(cfg)

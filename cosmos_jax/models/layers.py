@@ -11,7 +11,7 @@ Logical axis names carried by parameters (mapped to the mesh only in `cosmos_jax
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
