@@ -1,0 +1,109 @@
+"""`python -m cosmos_jax.data.validate --config=configs/waymo.py [--config.data.dataset_dir=DIR]`
+
+Walks every clip and view of a dataset folder, decodes every video, reads every embedding the config will use,
+reports every problem with its file, prints a summary (clips, windows, views, frames, fps, sizes, embeddings) and
+exits 1 if anything is wrong.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import sys
+
+from absl import app
+from ml_collections import config_flags
+
+from cosmos_jax.data import dataset, pickles, video
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]", lock_config=True)
+
+
+def validate(spec: dataset.DataSpec, out=sys.stdout) -> list[str]:
+    """Every problem found (empty = valid); prints the report to `out`."""
+    problems: list[str] = []
+    info: list[str] = []
+    root = spec.dataset_dir
+    try:
+        clips = dataset.list_clips(spec)
+    except FileNotFoundError as e:
+        print(f"PROBLEM {e}", file=out)
+        return [str(e)]
+    front_dir = os.path.join(root, "videos", spec.view_keys[0])
+    others = sorted(set(os.listdir(front_dir)) - set(clips))
+    problems += [f"{os.path.join(front_dir, n)}: not a video file (upstream's loader would read it as a clip)"
+                 for n in others if not n.startswith(".")]
+    for view in spec.view_keys:
+        path = pickles.find_existing(pickles.prefix_candidates(root, view))
+        needed = spec.load_mv_emb or view != spec.view_keys[0]
+        if path is None and needed:
+            problems.append(f"{pickles.prefix_candidates(root, view)[0]}: prefix embedding missing")
+        elif path is not None:
+            try:
+                pickles.read_embedding(path, spec.embed_dim)
+            except (pickles.BadEmbeddingError, OSError) as e:
+                problems.append(str(e))
+    fps_seen, sizes, frames = collections.Counter(), collections.Counter(), collections.Counter()
+    windows = 0
+    for clip in clips:
+        stem = os.path.splitext(clip)[0]
+        counts = {}
+        for vi, view in enumerate(spec.view_keys):
+            path = os.path.join(root, "videos", view, clip)
+            try:
+                vinfo = video.probe(path)
+            except video.BadVideoError as e:
+                problems.append(str(e))
+                continue
+            counts[view] = vinfo.num_frames
+            fps_seen[round(vinfo.fps, 3)] += 1
+            sizes[f"{view} {vinfo.width}x{vinfo.height}"] += 1
+            frames[vinfo.num_frames] += 1
+            if vinfo.num_frames < spec.span:
+                problems.append(f"{path}: {vinfo.num_frames} frames, fewer than a window needs ({spec.span})")
+            if spec.load_mv_emb or vi == 0:
+                cands = pickles.caption_candidates(root, view, stem)
+                emb_path = pickles.find_existing(cands)
+                if emb_path is None:
+                    problems.append(f"{cands[0]}: caption embedding missing")
+                else:
+                    try:
+                        pickles.read_embedding(emb_path, spec.embed_dim)
+                    except (pickles.BadEmbeddingError, OSError) as e:
+                        problems.append(str(e))
+        if len(set(counts.values())) > 1:
+            problems.append(f"{clip}: views have different frame counts {counts}")
+        if counts:
+            windows += len(dataset.window_starts(min(counts.values()), spec))
+    stems = {os.path.splitext(c)[0] for c in clips}
+    for view in spec.view_keys:
+        emb_dir = os.path.join(root, "t5_xxl", view)
+        if os.path.isdir(emb_dir):
+            extra = sorted(n for n in os.listdir(emb_dir) if os.path.splitext(n)[0] not in stems)
+            info += [f"extra embedding without a video: {os.path.join(emb_dir, n)}" for n in extra]
+    print(f"dataset {root}", file=out)
+    print(f"  clips {len(clips)}, windows {windows} ({spec.num_frames} frames, interval {spec.sequence_interval}), "
+          f"views {len(spec.view_keys)} ({', '.join(spec.view_keys)}), sampled per window {spec.num_views}", file=out)
+    print(f"  frames per video {dict(sorted(frames.items()))}, fps {dict(fps_seen)}", file=out)
+    print(f"  sizes {dict(sorted(sizes.items()))} -> resized to {spec.video_size[0]}x{spec.video_size[1]} (HxW)",
+          file=out)
+    print(f"  text: {'prefix + caption per view' if spec.load_mv_emb else 'front caption, prefixes elsewhere'}, "
+          f"width {spec.embed_dim}", file=out)
+    for line in info:
+        print(f"  note: {line}", file=out)
+    for p in problems:
+        print(f"PROBLEM {p}", file=out)
+    print(f"{'OK' if not problems else f'{len(problems)} problem(s)'}", file=out)
+    return problems
+
+
+def main(argv):
+    del argv
+    if _CONFIG.value is None:
+        raise app.UsageError("--config is required")
+    problems = validate(dataset.DataSpec.from_config(_CONFIG.value))
+    sys.exit(1 if problems else 0)
+
+
+if __name__ == "__main__":
+    app.run(main)
