@@ -37,8 +37,9 @@ def get_config() -> ml_collections.ConfigDict:
         sample_n_views=3, caption_view_idx_map={str(k): v for k, v in CAPTION_VIEW_IDX_MAP.items()},
         load_mv_emb=False, sequence_interval=1, start_frame_interval=1, on_bad_sample="error", latent_cache="",
         text_tokens=512, num_workers=2,
+        val_dataset_dir="",  # held-out windows; default <dataset_dir>/heldout if present, else dataset_dir
     ))
-    c.batch_size = 1  # global batch per micro-step (upstream: 1 per GPU)
+    c.batch_size = 0  # global batch per optimizer micro-step; 0 = one per data-parallel device (upstream: 1 per GPU)
     c.grad_accum = 1
     # Ordered (name, size) pairs; one size may be -1 = the remaining devices.
     c.mesh = (("data", 1), ("fsdp", -1), ("context", 1))
@@ -64,6 +65,8 @@ def get_config() -> ml_collections.ConfigDict:
         clip_norm=1.0, force_finite=True,
     ))
     c.ema = ml_collections.ConfigDict(dict(enabled=True, s=0.1))
+    # Validation samples at each save: view extension of a held-out clip from the EMA weights.
+    c.samples = ml_collections.ConfigDict(dict(enabled=True, num_steps=35, guidance=7.0))
     c.lora = ml_collections.ConfigDict(dict(rank=0, alpha=0.0, targets=[]))
     c.checkpoint = ml_collections.ConfigDict(dict(
         save_iter=200, max_to_keep=3, export_pt=True, load_path="",

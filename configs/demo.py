@@ -21,6 +21,7 @@ def get_config(arg: str | None = None):
                         adaln_lora_dim=16, dtype="float32"))
     c.remat = "none"
     c.tokenizer.name = "haar"
+    c.tokenizer.pixel_chunk_duration = c.data.num_frames
     c.conditioning.condition_location = "first_cam" if c.variant == "t2w" else "first_cam_and_random_n"
     c.conditioning.first_random_n_num_condition_t_max = 0 if c.variant == "t2w" else 2
     c.optim.lr = 3e-4

@@ -29,6 +29,8 @@ def tensor_to_numpy(t) -> np.ndarray:
 def numpy_to_tensor(a: np.ndarray):
     torch = _torch()
     a = np.ascontiguousarray(a)
+    if not a.flags.writeable:
+        a = a.copy()
     if a.dtype == ml_dtypes.bfloat16:
         return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
     return torch.from_numpy(a)

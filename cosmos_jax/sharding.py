@@ -67,3 +67,26 @@ def activate(mesh: Mesh):
     """Set the mesh and the logical rules: build models, states and steps inside this."""
     with jax.set_mesh(mesh), nnx.logical_axis_rules(LOGICAL_RULES):
         yield mesh
+
+
+def batch_sharding(mesh: Mesh, leading_axes: int = 0) -> jax.sharding.NamedSharding:
+    """Batch arrays split over (data, fsdp) on their batch axis (after `leading_axes` unsplit axes, e.g. the
+    micro-batch axis); every device of a context group sees the same sample."""
+    spec = (None,) * leading_axes + (("data", "fsdp"),)
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))
+
+
+def replicated(mesh: Mesh) -> jax.sharding.NamedSharding:
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
+def data_rank(mesh: Mesh, global_batch: int) -> tuple[int, int]:
+    """(rank, count) of this process among the readers of the global batch: each process reads the samples of
+    its own devices."""
+    del mesh, global_batch
+    return jax.process_index(), jax.process_count()
+
+
+def put_batch(host_batch: dict, sh: jax.sharding.NamedSharding) -> dict:
+    """This process's part of the batch (numpy) -> global jax arrays with the batch sharding."""
+    return {k: jax.make_array_from_process_local_data(sh, np.asarray(v)) for k, v in host_batch.items()}

@@ -17,7 +17,7 @@ def test_t2w_values():
     assert (c.optim.weight_decay, c.optim.b1, c.optim.b2, c.optim.eps) == (0.1, 0.9, 0.99, 1e-10)
     assert (c.optim.warmup_steps, c.optim.f_start, c.optim.f_max, c.optim.f_min) == (2500, 1e-6, 1.0, 1.0)
     assert c.optim.clip_norm == 1.0 and c.optim.force_finite
-    assert c.ema.s == 0.1 and c.max_iter == 2000 and c.seed == 0 and c.batch_size == 1 and c.grad_accum == 1
+    assert c.ema.s == 0.1 and c.max_iter == 2000 and c.seed == 0 and c.batch_size == 0 and c.grad_accum == 1
     assert c.checkpoint.save_iter == 200
     assert "t2w_model" in c.checkpoint.load_path
     assert (c.diffusion.sigma_data, c.diffusion.p_mean, c.diffusion.p_std) == (0.5, 0.0, 1.0)

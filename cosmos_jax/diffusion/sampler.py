@@ -57,22 +57,25 @@ def euler_step(network: GuidedNetwork, x, sigma, sigma_next, gt_latent, indicato
     return x_next, x0
 
 
-def sample(network: GuidedNetwork, key: jax.Array, gt_latent, indicator_BVT, guidance: float = 7.0,
+def sample(network: GuidedNetwork | None, key: jax.Array, gt_latent, indicator_BVT, guidance: float = 7.0,
            num_steps: int = 35, sigma_min: float = 0.0002, sigma_max: float = 80.0, augment_sigma: float = 0.0,
            sigma_data: float = edm.SIGMA_DATA, step_fn=None, callback=None):
     """The whole sampling loop; returns the last step's x0 prediction.
 
-    `step_fn` may be a jitted `euler_step` (same signature); `callback(i, n)` runs after every step (progress bar).
+    `step_fn(x, sigma, sigma_next, augment_noise) -> (x_next, x0)` replaces the default `euler_step` over
+    `network` (e.g. a jitted step that closes over the weights); `callback(i, n)` runs after every step.
     """
-    step_fn = step_fn or euler_step
+    if step_fn is None:
+        def step_fn(x, sigma, sigma_next, aug_noise):
+            return euler_step(network, x, sigma, sigma_next, gt_latent, indicator_BVT, guidance, aug_noise,
+                              augment_sigma, sigma_data)
     sigmas = karras_sigmas(num_steps, sigma_min, sigma_max)
     k_init, k_aug = jax.random.split(key)
     x = jax.random.normal(k_init, gt_latent.shape, jnp.float32) * init_noise_sigma(sigma_max)
     aug_noise = jax.random.normal(k_aug, gt_latent.shape, jnp.float32)
     x0 = x
     for i in range(num_steps):
-        x, x0 = step_fn(network, x, float(sigmas[i]), float(sigmas[i + 1]), gt_latent, indicator_BVT, guidance,
-                        aug_noise, augment_sigma, sigma_data)
+        x, x0 = step_fn(x, np.float32(sigmas[i]), np.float32(sigmas[i + 1]), aug_noise)
         if callback is not None:
             callback(i, num_steps)
     return x0

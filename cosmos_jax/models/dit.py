@@ -147,6 +147,9 @@ class DiT(nnx.Module):
         cfg = self.cfg
         dt = jnp.dtype(cfg.dtype)
         b, v, t, h, w, _ = x_BVTHWC.shape
+        if h % cfg.patch_spatial or w % cfg.patch_spatial or t % cfg.patch_temporal:
+            raise ValueError(f"latent T x H x W = {t}x{h}x{w} must be divisible by the patch "
+                             f"{cfg.patch_temporal}x{cfg.patch_spatial}x{cfg.patch_spatial} (video sizes by 16)")
         if text_BVSE.shape[:2] != (b, v):
             raise ValueError(f"text embeddings {text_BVSE.shape} must be [B={b}, V={v}, S, E]")
         f32 = jnp.float32

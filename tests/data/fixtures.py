@@ -55,7 +55,7 @@ def config(root: str, **data):
     c = demo.get_config()
     c.data.dataset_dir = root
     c.data.num_frames = 9
-    c.data.video_size = (16, 24)
+    c.data.video_size = (16, 32)
     c.model.crossattn_emb_channels = D
     for k, v in data.items():
         setattr(c.data, k, v)

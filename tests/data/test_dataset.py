@@ -45,7 +45,7 @@ def test_frames_text_and_shapes(root):
     src = dataset.MultiviewWindows(spec(root))
     i = src.windows.index(("clip1.mp4", 3))
     s = src.load_window(i, np.array([0, 1, 2]))
-    assert s["video"].shape == (3, 9, 16, 24, 3) and s["video"].dtype == np.uint8
+    assert s["video"].shape == (3, 9, 16, 32, 3) and s["video"].dtype == np.uint8
     got = s["video"].reshape(3, 9, -1).mean(-1)
     np.testing.assert_allclose(got, np.broadcast_to([fx.frame_value(f) for f in range(3, 12)], (3, 9)), atol=2)
     assert float(s["fps"]) == pytest.approx(10.0)

@@ -47,7 +47,7 @@ def test_resume_mid_epoch_gives_the_same_next_batches(source):
 
 def test_batch_shapes_and_seed(source):
     b = next(pipeline.make_iterator(source, seed=0, global_batch=2))
-    assert b["video"].shape == (2, 3, 9, 16, 24, 3) and b["text"].shape == (2, 3, 512, fx.D)
+    assert b["video"].shape == (2, 3, 9, 16, 32, 3) and b["text"].shape == (2, 3, 512, fx.D)
     assert b["fps"].shape == (2,) and b["view_idx"].shape == (2, 3)
     other = next(pipeline.make_iterator(source, seed=5, global_batch=2))
     assert key(b) != key(other)

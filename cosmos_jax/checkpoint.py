@@ -1,0 +1,112 @@
+"""Orbax checkpoints of the train state and data iterator, upstream-layout `.pt` exports, and base weights.
+
+Job directory (contracts.md): `orbax/<step>/` (CheckpointManager: state = step, params, buffers, optimizer, EMA;
+data = the grain iterator state; meta = seed and step), `checkpoints/iter_{N:09d}_{reg,ema}_model.pt`. Orbax
+writes each step to a temporary folder and renames it when complete, so a run killed at any moment (during a save
+included) resumes from the last complete step. `.pt` files are written to a temporary name, then renamed.
+
+Base weights (`checkpoint.load_path`, written by `python -m converters.dit_to_orbax`): an Orbax PyTree
+`{"params": ..., "buffers": ...}` in the model's layout, restored strictly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+import ml_dtypes
+import numpy as np
+import orbax.checkpoint as ocp
+
+from cosmos_jax import train_state as ts
+
+log = logging.getLogger(__name__)
+
+
+class Manager:
+    """The job's Orbax CheckpointManager (items `state`, `data`, `meta`)."""
+
+    def __init__(self, job_dir: str, max_to_keep: int, async_save: bool = True):
+        self.directory = os.path.abspath(os.path.join(job_dir, "orbax"))
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                               enable_async_checkpointing=async_save)
+        self.mngr = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        return self.mngr.latest_step()
+
+    def save(self, step: int, state, data_state: dict, meta: dict) -> None:
+        self.mngr.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state), meta=ocp.args.JsonSave(meta)))
+
+    def wait(self) -> None:
+        self.mngr.wait_until_finished()
+
+    def restore(self, step: int, abstract_state):
+        out = self.mngr.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
+            meta=ocp.args.JsonRestore()))
+        return out.state, out.data, out.meta
+
+    def close(self) -> None:
+        self.mngr.wait_until_finished()
+        self.mngr.close()
+
+
+def export_pt(state, num_blocks: int, out_dir: str, step: int) -> tuple[str, str]:
+    """`iter_{N:09d}_reg_model.pt` (bf16, every floating tensor incl. buffers) and `_ema_model.pt` (fp32) with
+    upstream key names; loadable with torch.load(weights_only=True)."""
+    from converters import keymap, pt_io
+
+    os.makedirs(out_dir, exist_ok=True)
+    host = jax.device_get({"params": state["params"], "buffers": state["buffers"], "ema": state["ema"]})
+    buffers = ts.flat(host["buffers"])
+    reg = keymap.to_torch({**ts.flat(host["params"]), **buffers}, num_blocks)
+    ema = keymap.to_torch({**ts.flat(host["ema"]), **buffers}, num_blocks)
+    reg_path = os.path.join(out_dir, f"iter_{step:09d}_reg_model.pt")
+    ema_path = os.path.join(out_dir, f"iter_{step:09d}_ema_model.pt")
+    pt_io.save_state_dict({k: np.asarray(v, np.float32).astype(ml_dtypes.bfloat16) for k, v in reg.items()},
+                          reg_path)
+    pt_io.save_state_dict({k: np.asarray(v, np.float32) for k, v in ema.items()}, ema_path)
+    return reg_path, ema_path
+
+
+def save_weights(path: str, params: dict, buffers: dict) -> None:
+    """Write base weights (the converter's output format)."""
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(os.path.abspath(path), {"params": params, "buffers": buffers}, force=True)
+    ckptr.wait_until_finished()
+
+
+class WeightsMismatchError(ValueError):
+    pass
+
+
+def load_weights(path: str, abstract_state, shardings) -> tuple[dict, dict]:
+    """Restore base weights strictly onto the state's layout; every missing, unexpected or mis-shaped key is
+    listed in the error."""
+    path = os.path.abspath(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(
+            f"checkpoint.load_path={path}: no converted weights there. Make them with\n"
+            "  python scripts/download_checkpoints.py --checkpoint_dir checkpoints --model_types t2w,v2w\n"
+            f"  python -m converters.dit_to_orbax --src <t2w_model.pt or v2w_model.pt> --dst {path}\n"
+            "or set --config.checkpoint.load_path= to start from random weights.")
+    ckptr = ocp.StandardCheckpointer()
+    stored = ckptr.metadata(path)
+    stored = getattr(stored, "item_metadata", stored)
+    stored_flat = {p: tuple(m.shape) for p, m in ts.flat(dict(stored)).items()}
+    want = {"params": abstract_state["params"], "buffers": abstract_state["buffers"]}
+    want_flat = {p: tuple(a.shape) for p, a in ts.flat(want).items()}
+    problems = [f"missing key {'/'.join(p)} {s}" for p, s in want_flat.items() if p not in stored_flat]
+    problems += [f"unexpected key {'/'.join(p)} {s}" for p, s in stored_flat.items() if p not in want_flat]
+    problems += [f"shape mismatch {'/'.join(p)}: stored {stored_flat[p]}, expected {s}"
+                 for p, s in want_flat.items() if p in stored_flat and stored_flat[p] != s]
+    if problems:
+        raise WeightsMismatchError(f"{path}: base weights do not match the config's network "
+                                   f"({len(problems)} problem(s)):\n  " + "\n  ".join(problems))
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), want,
+                          {"params": shardings["params"], "buffers": shardings["buffers"]})
+    restored = ckptr.restore(path, target)
+    return restored["params"], restored["buffers"]

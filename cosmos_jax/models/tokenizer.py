@@ -1,0 +1,159 @@
+"""The video tokenizer interface (upstream §3) and the weight-free `haar` tokenizer.
+
+Interface, as upstream's `VideoJITTokenizer` + the diffusion model's encode/decode:
+  encode: pixels uint8 [B, V, F, H, W, 3] -> per view, chunks of `pixel_chunk_duration` frames -> raw latents
+          [B, V, T, H/8, W/8, 16] with T = (F - 1)/8 + 1 per chunk -> (raw - mean[c, t]) / std[c, t] * sigma_data
+  decode: the inverse.
+Pixels are normalised to [-1, 1] as `x / 127.5 - 1` (upstream training). mean/std are per channel and per latent
+frame index within a chunk (upstream reshapes mean_std.pt to [16, 8]).
+
+`haar`: a fixed, causal 8x8x8 transform. Each latent frame t >= 1 covers pixel frames 8t-7 .. 8t (latent 0 covers
+frame 0, replicated 8 times, as the causal Cosmos tokenizer treats its first frame). Per 8x8x8 block, RGB is turned
+into one luma and two chroma channels; luma keeps the 8 coefficients of an orthonormal 2x2x2 Haar transform of its
+4x4x4 means, each chroma channel keeps its 4 coefficients of a 2x2 spatial Haar of its 4x4 (time-averaged) means:
+16 channels. Decode is the exact inverse on that subspace (piecewise-constant within the 4x4x4 cells).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# RGB -> (Y, Cb, Cr), orthonormal rows so that the inverse is the transpose.
+_YUV = np.array([[1, 1, 1], [1, -1, 0], [1, 1, -2]], np.float64)
+_YUV = (_YUV / np.linalg.norm(_YUV, axis=1, keepdims=True)).astype(np.float32)
+# Orthonormal 2-point Haar.
+_H2 = (np.array([[1, 1], [1, -1]], np.float64) / np.sqrt(2)).astype(np.float32)
+
+
+def pixels_to_unit(video_u8):
+    """uint8 -> float32 in [-1, 1] (upstream `x / 127.5 - 1`)."""
+    return video_u8.astype(jnp.float32) / 127.5 - 1.0
+
+
+def unit_to_pixels(x):
+    return jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+
+
+def latent_frames(num_frames: int, compression: int = 8) -> int:
+    if (num_frames - 1) % compression:
+        raise ValueError(f"{num_frames} frames: the causal tokenizer needs 1 + {compression}k frames per chunk")
+    return (num_frames - 1) // compression + 1
+
+
+def _causal_blocks(x_NFHWC):
+    """[N, 1+8k, H, W, C] -> [N, 1+k, 8, H, W, C]: frame 0 replicated 8 times, then groups of 8."""
+    first = jnp.repeat(x_NFHWC[:, :1], 8, axis=1)
+    rest = x_NFHWC[:, 1:]
+    n, f, h, w, c = rest.shape
+    return jnp.concatenate([first[:, None], rest.reshape(n, f // 8, 8, h, w, c)], axis=1)
+
+
+def haar_encode(x_NFHWC):
+    """Unit-range pixels [N, F, H, W, 3] -> raw latents [N, T, H/8, W/8, 16]."""
+    n, f, h, w, _ = x_NFHWC.shape
+    if h % 8 or w % 8:
+        raise ValueError(f"haar tokenizer needs H and W divisible by 8, got {h}x{w}")
+    yuv = jnp.einsum("...c,dc->...d", x_NFHWC, _YUV)
+    blk = _causal_blocks(yuv)  # N T 8 H W 3
+    t = blk.shape[1]
+    cells = blk.reshape(n, t, 2, 4, h // 8, 2, 4, w // 8, 2, 4, 3).mean(axis=(3, 6, 9))  # N T a Hb b Wb c 3
+    cells = cells.transpose(0, 1, 3, 5, 2, 4, 6, 7)  # N T Hb Wb a b c 3
+    # Orthonormal Haar over (a, b, c); the 4x4x4 means carry a factor 8 = sqrt(64) of the block's energy.
+    coef = jnp.einsum("...abcd,ia,jb,kc->...ijkd", cells, _H2, _H2, _H2) * 8.0
+    luma = coef[..., 0].reshape(n, t, h // 8, w // 8, 8)
+    chroma = coef[..., 0, :, :, 1:].reshape(n, t, h // 8, w // 8, 4, 2)  # temporal low-pass, 2x2 spatial
+    chroma = chroma.transpose(0, 1, 2, 3, 5, 4).reshape(n, t, h // 8, w // 8, 8)
+    return jnp.concatenate([luma, chroma], axis=-1)
+
+
+def haar_decode(z_NThwC):
+    """Raw latents [N, T, h, w, 16] -> unit-range pixels [N, 1 + 8(T-1), 8h, 8w, 3]."""
+    n, t, hb, wb, _ = z_NThwC.shape
+    luma = z_NThwC[..., :8].reshape(n, t, hb, wb, 2, 2, 2)
+    chroma = z_NThwC[..., 8:].reshape(n, t, hb, wb, 2, 2, 2).transpose(0, 1, 2, 3, 5, 6, 4)  # b c d
+    coef = jnp.zeros((n, t, hb, wb, 2, 2, 2, 3), z_NThwC.dtype)
+    coef = coef.at[..., 0].set(luma).at[..., 0, :, :, 1:].set(chroma)
+    cells = jnp.einsum("...ijkd,ia,jb,kc->...abcd", coef, _H2, _H2, _H2) / 8.0  # N T Hb Wb a b c 3
+    blk = jnp.broadcast_to(cells[:, :, :, :, :, None, :, None, :, None, :],
+                           (n, t, hb, wb, 2, 4, 2, 4, 2, 4, 3))
+    blk = blk.transpose(0, 1, 4, 5, 2, 6, 7, 3, 8, 9, 10).reshape(n, t, 8, hb * 8, wb * 8, 3)
+    frames = jnp.concatenate([blk[:, 0, :1], blk[:, 1:].reshape(n, (t - 1) * 8, hb * 8, wb * 8, 3)], axis=1)
+    return jnp.einsum("...d,dc->...c", frames, _YUV)
+
+
+@dataclasses.dataclass(frozen=True)
+class Tokenizer:
+    """Encode/decode with chunking and per-channel-per-latent-frame normalisation (then x sigma_data)."""
+
+    encode_raw: callable  # [N, F, H, W, 3] unit pixels -> [N, T, h, w, C]
+    decode_raw: callable
+    mean_CT: np.ndarray  # [C, T_chunk]
+    std_CT: np.ndarray
+    pixel_chunk_duration: int
+    sigma_data: float = 0.5
+    temporal_compression: int = 8
+    spatial_compression: int = 8
+
+    @property
+    def latent_chunk(self) -> int:
+        return latent_frames(self.pixel_chunk_duration, self.temporal_compression)
+
+    def _chunks(self, f: int) -> int:
+        if f % self.pixel_chunk_duration:
+            raise ValueError(f"{f} frames per view: encoding works in whole chunks of {self.pixel_chunk_duration}")
+        return f // self.pixel_chunk_duration
+
+    def encode(self, video_BVFHW3):
+        """uint8 pixels [B, V, F, H, W, 3] -> final latents [B, V, T, h, w, C] (normalised, x sigma_data)."""
+        b, v, f, h, w, _ = video_BVFHW3.shape
+        k = self._chunks(f)
+        x = pixels_to_unit(video_BVFHW3).reshape(b * v * k, self.pixel_chunk_duration, h, w, 3)
+        z = self.encode_raw(x)  # (B V K) Tc h w C
+        z = (z - self.mean_CT.T[None, :, None, None, :]) / self.std_CT.T[None, :, None, None, :]
+        z = z * self.sigma_data
+        return z.reshape(b, v, k * z.shape[1], *z.shape[2:])
+
+    def decode(self, z_BVThwC):
+        """Final latents -> uint8 pixels [B, V, F, H, W, 3]."""
+        b, v, t, hh, ww, c = z_BVThwC.shape
+        tc = self.latent_chunk
+        if t % tc:
+            raise ValueError(f"{t} latent frames per view: decoding works in whole chunks of {tc}")
+        z = z_BVThwC.reshape(b * v * (t // tc), tc, hh, ww, c) / self.sigma_data
+        z = z * self.std_CT.T[None, :, None, None, :] + self.mean_CT.T[None, :, None, None, :]
+        x = self.decode_raw(z)
+        return unit_to_pixels(x.reshape(b, v, -1, *x.shape[2:]))
+
+
+# Per-channel scale of haar latents on natural-looking video (DC luma ~ 8*sqrt(3)*mean, details much smaller):
+# makes the normalised latents roughly unit-variance. Fixed constants, so the tokenizer stays weight-free.
+_HAAR_STD = np.array([6.0] + [0.6] * 7 + [1.0, 0.3, 0.3, 0.3, 1.0, 0.3, 0.3, 0.3], np.float32)
+
+
+def haar_tokenizer(pixel_chunk_duration: int, sigma_data: float = 0.5) -> Tokenizer:
+    tc = latent_frames(pixel_chunk_duration)
+    return Tokenizer(encode_raw=haar_encode, decode_raw=haar_decode, mean_CT=np.zeros((16, tc), np.float32),
+                     std_CT=np.repeat(_HAAR_STD[:, None], tc, axis=1), pixel_chunk_duration=pixel_chunk_duration,
+                     sigma_data=sigma_data)
+
+
+def from_config(config) -> Tokenizer:
+    t = config.tokenizer
+    if t.name == "haar":
+        return haar_tokenizer(int(t.pixel_chunk_duration), float(config.diffusion.sigma_data))
+    if t.name == "cosmos":
+        raise ValueError("tokenizer.name='cosmos' needs the converted Cosmos-Tokenize1 weights (the Flax "
+                         "Cosmos tokenizer is not in this version yet); use tokenizer.name='haar' or cached latents")
+    raise ValueError(f"tokenizer.name={t.name!r}: expected 'haar' or 'cosmos'")
+
+
+def psnr(a_u8, b_u8) -> float:
+    mse = float(jnp.mean((a_u8.astype(jnp.float32) - b_u8.astype(jnp.float32)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+__all__ = ["Tokenizer", "from_config", "haar_tokenizer", "psnr", "jax"]

@@ -1,0 +1,156 @@
+"""`python -m cosmos_jax.train --config=configs/waymo.py[:t2w|:v2w] [--config.a.b=value ...]`
+
+Post-training of the Single2MultiView DiT. Rerunning the same command resumes the job from its last complete
+checkpoint (state, EMA, optimizer and data-iterator position). Sections: config and job directory, mesh, data,
+state (restore, base weights or fresh), the jitted step, the loop (log, save + export + validation + samples).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+from tqdm import tqdm
+
+from cosmos_jax import checkpoint, optim, sharding
+from cosmos_jax import step as step_lib
+from cosmos_jax import train_state as ts
+from cosmos_jax.data import dataset, pipeline
+from cosmos_jax.models import build
+from cosmos_jax.models import tokenizer as tok
+from cosmos_jax.utils import metrics as metrics_lib
+from cosmos_jax.validation import Validator
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]", lock_config=True)
+flags.DEFINE_boolean("progress", True, "show a progress bar")
+log = logging.getLogger("cosmos_jax.train")
+STEP_KEYS = ("video", "latents", "text", "view_idx", "fps", "frame_repeat")
+
+
+def job_dir(config) -> str:
+    root = os.environ.get("OUTPUT_ROOT", "checkpoints")
+    return os.path.join(root, config.job.project, config.job.group, config.job.name)
+
+
+def _fault(kind: str, step: int) -> None:
+    """Test hook: COSMOS_JAX_FAULT=kill_after_step:N or kill_during_save:N ends the process abruptly."""
+    spec = os.environ.get("COSMOS_JAX_FAULT", "")
+    if spec == f"{kind}:{step}":
+        sys.stdout.flush()
+        os._exit(137)
+
+
+def global_batch(config, mesh) -> int:
+    dp = mesh.shape["data"] * mesh.shape["fsdp"]
+    b = config.batch_size or dp  # 0: one sample per data-parallel device, as upstream's 1 per GPU
+    if b % dp:
+        raise ValueError(f"batch_size={b} must be a multiple of the data-parallel size data*fsdp={dp}")
+    return b
+
+
+def train(config) -> dict:
+    """Run (or resume) the job; returns the final metrics."""
+    # ---- config and job directory ------------------------------------------------------------------------
+    config = config.copy_and_resolve_references()
+    jdir = job_dir(config)
+    os.makedirs(jdir, exist_ok=True)
+    if jax.process_index() == 0:
+        with open(os.path.join(jdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+    cfg_dit = build.dit_config(config)
+    step_cfg = step_lib.StepConfig.from_config(config)
+    # ---- mesh and data -----------------------------------------------------------------------------------
+    mesh = sharding.make_mesh(config.mesh)
+    batch = global_batch(config, mesh)
+    spec = dataset.DataSpec.from_config(config)
+    source = dataset.MultiviewWindows(spec)
+    data_iter = pipeline.make_iterator(source, config.seed, batch, *sharding.data_rank(mesh, batch),
+                                       num_threads=config.data.num_workers)
+    # ---- state: resume, base weights, or fresh -------------------------------------------------------------
+    tokenizer = tok.from_config(config)
+    tx = optim.make(config)
+    graphdef, abstract, shardings = ts.layout(cfg_dit, tx, mesh, config.seed)
+    ckpt = checkpoint.Manager(jdir, config.checkpoint.max_to_keep)
+    latest = ckpt.latest_step()
+    if latest is not None:
+        state, data_state, _ = ckpt.restore(latest, abstract)
+        data_iter.set_state(data_state)
+        log.info("resumed %s at step %d", jdir, latest)
+    else:
+        state = ts.create(cfg_dit, tx, mesh, shardings, config.seed)
+        if config.checkpoint.load_path:
+            params, buffers = checkpoint.load_weights(config.checkpoint.load_path, abstract, shardings)
+            state = ts.with_weights(state, params, buffers, shardings)
+            log.info("started from base weights %s", config.checkpoint.load_path)
+    # ---- the jitted step -----------------------------------------------------------------------------------
+    batch_sh = sharding.batch_sharding(mesh, leading_axes=1)
+    train_step = jax.jit(
+        functools.partial(step_lib.train_step, graphdef=graphdef, tx=tx, cfg=step_cfg, tokenizer=tokenizer),
+        in_shardings=(shardings, batch_sh, None), out_shardings=(shardings, None), donate_argnums=(0,))
+    schedule = optim.schedule(config)
+    validator = Validator(config, graphdef, tokenizer, step_cfg, mesh, jdir)
+    writer = metrics_lib.MetricWriter(jdir)
+    # ---- loop ----------------------------------------------------------------------------------------------
+    start = int(jax.device_get(state["step"]))
+    base_key = jax.random.key(config.seed)
+    bar = tqdm(total=config.max_iter, initial=start, disable=not flags.FLAGS.progress or jax.process_index(),
+               desc=config.job.name, dynamic_ncols=True)
+    last, t_last, skipped, host = {}, time.time(), 0, None
+    if start == 0:
+        writer.write(0, validator.run(state, 0, with_samples=False), prefix="val")
+    for it in range(start, config.max_iter):
+        micro = [next(data_iter) for _ in range(config.grad_accum)]
+        skipped += int(sum(int(np.sum(m["skipped"])) for m in micro))
+        first_window = int(micro[0]["window"][0])
+        host = {k: np.stack([m[k] for m in micro]) for k in STEP_KEYS if k in micro[0]}
+        state, m = train_step(state, sharding.put_batch(host, batch_sh), jax.random.fold_in(base_key, it))
+        _fault("kill_after_step", it + 1)
+        done = it + 1
+        if done % config.log_every == 0 or done == config.max_iter:
+            m = {k: float(v) for k, v in jax.device_get(m).items()}
+            dt = (time.time() - t_last) / (done - (last.get("step") or start))
+            t_last = time.time()
+            m.update(lr=float(schedule(it)), step_time_s=dt, samples_per_s=batch * config.grad_accum / dt,
+                     skipped_samples=skipped, first_window=first_window)
+            writer.write(done, m)
+            last = {"step": done, **m}
+            bar.set_postfix(loss=f"{m['loss']:.4f}", gnorm=f"{m['grad_norm']:.3f}")
+        bar.update(1)
+        if done % config.checkpoint.save_iter == 0 or done == config.max_iter:
+            ckpt.save(done, state, data_iter.get_state(), {"seed": config.seed, "step": done})
+            _fault("kill_during_save", done)
+            if config.checkpoint.export_pt and jax.process_index() == 0:
+                checkpoint.export_pt(state, cfg_dit.num_blocks, os.path.join(jdir, "checkpoints"), done)
+            val = validator.run(state, done)
+            writer.write(done, val, prefix="val")
+            last.update(val)
+    bar.close()
+    ckpt.close()
+    writer.close()
+    plot = metrics_lib.plot_losses(os.path.join(jdir, "metrics.jsonl"), os.path.join(jdir, "loss.png"))
+    summary = {"job_dir": jdir, "final": last, "loss_plot": plot}
+    if jax.process_index() == 0:
+        with open(os.path.join(jdir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2, default=str)
+    return summary
+
+
+def main(argv):
+    del argv
+    if _CONFIG.value is None:
+        raise app.UsageError("--config is required")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    summary = train(_CONFIG.value)
+    print(json.dumps(summary, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,105 @@
+"""The train state as one pytree of plain dicts, created already sharded.
+
+state = {"step": int32, "params": fp32 trainable tensors, "buffers": persistent buffers (never trained),
+         "opt_state": optax state, "ema": fp32 EMA of params}
+`params`, `buffers` and `ema` are nested dicts in the model's layout (`nnx.to_pure_dict`); `nnx.merge(graphdef,
+params, buffers)` rebuilds the network inside a jitted function. Shapes come from `jax.eval_shape`, shardings from
+the parameters' logical names (cosmos_jax/sharding.py), and `jax.jit(init, out_shardings=...)` materialises the
+state in place, so no full copy ever sits on one device.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from cosmos_jax import sharding
+from cosmos_jax.models.dit import DiffusionNet, DiTConfig
+from cosmos_jax.models.layers import Buffer
+
+State = dict[str, Any]
+
+
+def split(model: DiffusionNet):
+    """(graphdef, params dict, buffers dict)."""
+    graphdef, params, buffers = nnx.split(model, nnx.Param, Buffer)
+    return graphdef, nnx.to_pure_dict(params), nnx.to_pure_dict(buffers)
+
+
+def _model_layout(cfg: DiTConfig, mesh):
+    """graphdef and the logical-name shardings of params/buffers, from an abstract model (no memory)."""
+    with sharding.activate(mesh):
+        abstract = nnx.eval_shape(lambda: DiffusionNet(cfg, rngs=nnx.Rngs(0)))
+        graphdef, params, buffers = nnx.split(abstract, nnx.Param, Buffer)
+        pspecs = nnx.to_pure_dict(nnx.get_partition_spec(params))
+    param_sh = jax.tree.map(lambda s: NamedSharding(mesh, s), pspecs, is_leaf=lambda x: isinstance(x, P))
+    buffer_sh = jax.tree.map(lambda _: NamedSharding(mesh, P()), nnx.to_pure_dict(buffers))
+    return graphdef, param_sh, buffer_sh
+
+
+def _init_fn(cfg: DiTConfig, tx: optax.GradientTransformation, seed: int):
+    def init() -> State:
+        _, params, buffers = split(DiffusionNet(cfg, rngs=nnx.Rngs(seed)))
+        return {"step": jnp.zeros((), jnp.int32), "params": params, "buffers": buffers,
+                "opt_state": tx.init(params), "ema": jax.tree.map(lambda p: p.astype(jnp.float32), params)}
+    return init
+
+
+def layout(cfg: DiTConfig, tx: optax.GradientTransformation, mesh, seed: int = 0):
+    """(graphdef, abstract state, state shardings)."""
+    graphdef, param_sh, buffer_sh = _model_layout(cfg, mesh)
+    with sharding.activate(mesh):
+        abstract = jax.eval_shape(_init_fn(cfg, tx, seed))
+    replicated = NamedSharding(mesh, P())
+    opt_sh = optax.tree_utils.tree_map_params(tx, lambda _, s: s, abstract["opt_state"], param_sh,
+                                              transform_non_params=lambda _: replicated)
+    shardings = {"step": replicated, "params": param_sh, "buffers": buffer_sh, "opt_state": opt_sh,
+                 "ema": param_sh}
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+    return graphdef, abstract, shardings
+
+
+def create(cfg: DiTConfig, tx: optax.GradientTransformation, mesh, shardings, seed: int = 0) -> State:
+    """A freshly initialised state, created sharded."""
+    with sharding.activate(mesh):
+        return jax.jit(_init_fn(cfg, tx, seed), out_shardings=shardings)()
+
+
+def flat(tree: dict) -> dict[tuple[str, ...], Any]:
+    """Nested dict -> {path tuple: leaf}."""
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        out[tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)] = leaf
+    return out
+
+
+def unflat(flat_tree: dict[tuple[str, ...], Any]) -> dict:
+    out: dict = {}
+    for path, leaf in flat_tree.items():
+        node = out
+        for k in path[:-1]:
+            node = node.setdefault(k, {})
+        node[path[-1]] = leaf
+    return out
+
+
+def model_tree(state: State) -> dict[tuple[str, ...], np.ndarray]:
+    """{path: array} of params and buffers together (the layout of converters/keymap.py)."""
+    return {**flat(state["params"]), **flat(state["buffers"])}
+
+
+def with_weights(state: State, params: dict, buffers: dict, shardings) -> State:
+    """The state with params, buffers and the EMA replaced (a new job starting from base weights)."""
+    put = lambda tree, sh: jax.tree.map(lambda a, s: jax.device_put(a, s), tree, sh)  # noqa: E731
+    new = dict(state)
+    new["params"] = put(params, shardings["params"])
+    new["buffers"] = put(buffers, shardings["buffers"])
+    new["ema"] = put(params, shardings["ema"])
+    return new

@@ -1,0 +1,71 @@
+"""What the training loop does at each save besides checkpointing: the validation loss on held-out windows (fixed
+sigma grid, fixed noise; regular and EMA weights) and view-extension samples from the EMA weights."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cosmos_jax import sharding
+from cosmos_jax import step as step_lib
+from cosmos_jax.data import dataset
+from cosmos_jax.diffusion import conditioning
+from cosmos_jax.samples import ViewExtender, write_comparison
+
+log = logging.getLogger(__name__)
+
+
+def heldout_dir(config) -> str:
+    d = config.data.get("val_dataset_dir", "") or ""
+    if d:
+        return d
+    sub = os.path.join(config.data.dataset_dir, "heldout")
+    return sub if os.path.isdir(os.path.join(sub, "videos")) else config.data.dataset_dir
+
+
+class Validator:
+    def __init__(self, config, graphdef, tokenizer, step_cfg, mesh, job_dir: str):
+        self.config, self.graphdef, self.tokenizer, self.step_cfg = config, graphdef, tokenizer, step_cfg
+        self.samples_dir = os.path.join(job_dir, "samples")
+        spec = dataset.DataSpec.from_config(config, dataset_dir=heldout_dir(config))
+        self.source = dataset.MultiviewWindows(spec)
+        self.view_names = [spec.view_keys[i] for i in range(spec.num_views)]
+        sample = self.source.load_window(0, np.arange(spec.num_views))
+        self.real_video = sample["video"]  # V F H W 3
+        self.fps = float(sample["fps"])
+        rep = sharding.replicated(mesh)
+        keys = ("video", "text", "view_idx", "fps", "frame_repeat")
+        self.batch = {k: jax.device_put(np.asarray(sample[k])[None], rep) for k in keys}
+        self._loss = jax.jit(functools.partial(step_lib.val_loss, graphdef=graphdef, cfg=step_cfg,
+                                               tokenizer=tokenizer))
+        self.extender = ViewExtender(graphdef, step_cfg.sigma_data, config.diffusion.sigma_min,
+                                     config.diffusion.sigma_max)
+
+    def losses(self, state) -> dict:
+        return {"val_loss": float(self._loss(state["params"], state["buffers"], self.batch)),
+                "val_loss_ema": float(self._loss(state["ema"], state["buffers"], self.batch))}
+
+    def samples(self, state, step: int) -> tuple[str, str]:
+        s = self.config.samples
+        gt = step_lib.latents_of(self.batch, self.tokenizer)
+        b, v, t = gt.shape[:3]
+        indicator = jnp.broadcast_to(conditioning.condition_indicator("first_cam", v, t), (b, v, t))
+        cond = step_lib.condition_of(self.batch, self.batch["text"], indicator)
+        lat = self.extender.generate(state["ema"], state["buffers"], cond, gt, indicator,
+                                     jax.random.key(self.config.seed + 1), s.num_steps, s.guidance)
+        gen = np.asarray(jax.device_get(self.tokenizer.decode(lat)))[0]
+        return write_comparison(self.samples_dir, f"iter_{step:09d}", self.real_video, gen, self.view_names,
+                                self.fps)
+
+    def run(self, state, step: int, with_samples: bool = True) -> dict:
+        out = self.losses(state)
+        if with_samples and self.config.samples.enabled and jax.process_index() == 0:
+            mp4, png = self.samples(state, step)
+            log.info("step %d: val_loss %.4f (ema %.4f); samples %s, %s", step, out["val_loss"],
+                     out["val_loss_ema"], mp4, png)
+        return out
