@@ -21,5 +21,8 @@ test: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+demo: $(VENV)/.installed
+	$(PY) scripts/demo.py
+
 clean-venv:
 	rm -rf $(VENV)
