@@ -36,7 +36,7 @@ def main(argv):
     job = summary["job_dir"]
     rows = train.metrics_lib.read(os.path.join(job, "metrics.jsonl"))
     val = [r for r in rows if r["kind"] == "val"]
-    print("\n[demo] done in %.0f s (data %.0f s)" % (time.time() - t0, t_data))
+    print(f"\n[demo] done in {time.time() - t0:.0f} s (data {t_data:.0f} s)")
     print(f"[demo] job directory     {job}")
     print(f"[demo] validation loss   {val[0]['val_loss']:.4f} before -> {val[-1]['val_loss']:.4f} after "
           f"(EMA {val[-1]['val_loss_ema']:.4f}; EDM-weighted MSE on held-out windows, fixed sigma grid)")

@@ -111,8 +111,12 @@ def resize(frames_FHW3: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     return np.stack([np.asarray(Image.fromarray(f).resize((w, h), Image.BILINEAR)) for f in frames_FHW3])
 
 
-def write_mp4(path: str, frames_FHW3: np.ndarray, fps: float = 10.0, crf: int = 18, gop: int = 10) -> None:
-    """H.264 (libx264, yuv420p) with a short keyframe interval, written atomically (temporary file, rename)."""
+def write_mp4(path: str, frames_FHW3: np.ndarray, fps: float = 10.0, crf: int = 18, gop: int = 10,
+              deterministic: bool = False) -> None:
+    """H.264 (libx264, yuv420p) with a short keyframe interval, written atomically (temporary file, rename).
+
+    x264's threaded encoder is not bit-reproducible; `deterministic` encodes on one thread (same bytes each run).
+    """
     f, h, w, _ = frames_FHW3.shape
     if h % 2 or w % 2:
         raise ValueError(f"{path}: yuv420p needs even sizes, got {w}x{h}")
@@ -121,6 +125,8 @@ def write_mp4(path: str, frames_FHW3: np.ndarray, fps: float = 10.0, crf: int = 
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         stream.options = {"crf": str(crf), "g": str(gop), "keyint_min": str(min(gop, 10))}
+        if deterministic:
+            stream.options = {**stream.options, "threads": "1"}
         for frame in frames_FHW3:
             for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
                 container.mux(packet)
