@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import sys
 
-from absl import app
+from absl import app, flags
 from ml_collections import config_flags
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]", lock_config=True)
 
 
 def table(config) -> list[tuple[str, tuple[int, ...]]]:
@@ -24,11 +22,12 @@ def table(config) -> list[tuple[str, tuple[int, ...]]]:
 
 def main(argv):
     del argv
-    if _CONFIG.value is None:
+    if flags.FLAGS.config is None:
         raise app.UsageError("--config is required")
-    lines = [f"{k}\t{','.join(map(str, s))}" for k, s in table(_CONFIG.value)]
+    lines = [f"{k}\t{','.join(map(str, s))}" for k, s in table(flags.FLAGS.config)]
     sys.stdout.write("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
+    config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]", lock_config=True)
     app.run(main)

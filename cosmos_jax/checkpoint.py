@@ -5,8 +5,8 @@ data = the grain iterator state; meta = seed and step), `checkpoints/iter_{N:09d
 writes each step to a temporary folder and renames it when complete, so a run killed at any moment (during a save
 included) resumes from the last complete step. `.pt` files are written to a temporary name, then renamed.
 
-Base weights (`checkpoint.load_path`, written by `python -m converters.dit_to_orbax`): an Orbax PyTree
-`{"params": ..., "buffers": ...}` in the model's layout, restored strictly.
+Base weights (`checkpoint.load_path`, written by `python -m converters.dit_to_orbax`): see
+cosmos_jax/base_weights.py; restored strictly.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import ml_dtypes
 import numpy as np
 import orbax.checkpoint as ocp
 
+from cosmos_jax import base_weights
 from cosmos_jax import train_state as ts
 
 log = logging.getLogger(__name__)
@@ -72,11 +73,15 @@ def export_pt(state, num_blocks: int, out_dir: str, step: int) -> tuple[str, str
     return reg_path, ema_path
 
 
-def save_weights(path: str, params: dict, buffers: dict) -> None:
-    """Write base weights (the converter's output format)."""
-    ckptr = ocp.StandardCheckpointer()
-    ckptr.save(os.path.abspath(path), {"params": params, "buffers": buffers}, force=True)
-    ckptr.wait_until_finished()
+def save_weights(path: str, params: dict, buffers: dict, meta: dict | None = None) -> None:
+    """Write base weights (the converter's format, cosmos_jax/base_weights.py) from model trees."""
+    tree = jax.device_get({"params": params, "buffers": buffers})
+    flat = ts.flat(tree)
+    rest = {p: np.asarray(a) for p, a in flat.items() if not base_weights.is_block(p)}
+    stacked = {p: np.asarray(a) for p, a in flat.items() if base_weights.is_block(p)}
+    n = next(iter(stacked.values())).shape[0] if stacked else 0
+    blocks = ({p: a[i] for p, a in stacked.items()} for i in range(n))
+    base_weights.write(path, rest, blocks, meta or {"source": "cosmos_jax.checkpoint.save_weights"})
 
 
 class WeightsMismatchError(ValueError):
@@ -93,10 +98,7 @@ def load_weights(path: str, abstract_state, shardings) -> tuple[dict, dict]:
             "  python scripts/download_checkpoints.py --checkpoint_dir checkpoints --model_types t2w,v2w\n"
             f"  python -m converters.dit_to_orbax --src <t2w_model.pt or v2w_model.pt> --dst {path}\n"
             "or set --config.checkpoint.load_path= to start from random weights.")
-    ckptr = ocp.StandardCheckpointer()
-    stored = ckptr.metadata(path)
-    stored = getattr(stored, "item_metadata", stored)
-    stored_flat = {p: tuple(m.shape) for p, m in ts.flat(dict(stored)).items()}
+    stored_flat = {p: s for p, (s, _) in base_weights.flat_metadata(path).items()}
     want = {"params": abstract_state["params"], "buffers": abstract_state["buffers"]}
     want_flat = {p: tuple(a.shape) for p, a in ts.flat(want).items()}
     problems = [f"missing key {'/'.join(p)} {s}" for p, s in want_flat.items() if p not in stored_flat]
@@ -106,7 +108,7 @@ def load_weights(path: str, abstract_state, shardings) -> tuple[dict, dict]:
     if problems:
         raise WeightsMismatchError(f"{path}: base weights do not match the config's network "
                                    f"({len(problems)} problem(s)):\n  " + "\n  ".join(problems))
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), want,
-                          {"params": shardings["params"], "buffers": shardings["buffers"]})
-    restored = ckptr.restore(path, target)
+    sh = {"params": shardings["params"], "buffers": shardings["buffers"]}
+    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), want)
+    restored = base_weights.restore(path, target, sh)
     return restored["params"], restored["buffers"]

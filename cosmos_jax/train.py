@@ -29,8 +29,6 @@ from cosmos_jax.models import tokenizer as tok
 from cosmos_jax.utils import metrics as metrics_lib
 from cosmos_jax.validation import Validator
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]", lock_config=True)
-flags.DEFINE_boolean("progress", True, "show a progress bar")
 log = logging.getLogger("cosmos_jax.train")
 STEP_KEYS = ("video", "latents", "text", "view_idx", "fps", "frame_repeat")
 
@@ -56,8 +54,15 @@ def global_batch(config, mesh) -> int:
     return b
 
 
-def train(config) -> dict:
+def quiet_libraries() -> None:
+    """Orbax and grain log every save at INFO through absl; keep their warnings, drop the chatter."""
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    logging.getLogger("cosmos_jax").setLevel(logging.INFO)
+
+
+def train(config, progress: bool = True) -> dict:
     """Run (or resume) the job; returns the final metrics."""
+    quiet_libraries()
     # ---- config and job directory ------------------------------------------------------------------------
     config = config.copy_and_resolve_references()
     jdir = job_dir(config)
@@ -101,7 +106,7 @@ def train(config) -> dict:
     # ---- loop ----------------------------------------------------------------------------------------------
     start = int(jax.device_get(state["step"]))
     base_key = jax.random.key(config.seed)
-    bar = tqdm(total=config.max_iter, initial=start, disable=not flags.FLAGS.progress or jax.process_index(),
+    bar = tqdm(total=config.max_iter, initial=start, disable=not progress or jax.process_index() > 0,
                desc=config.job.name, dynamic_ncols=True)
     last, t_last, skipped, host = {}, time.time(), 0, None
     if start == 0:
@@ -145,12 +150,14 @@ def train(config) -> dict:
 
 def main(argv):
     del argv
-    if _CONFIG.value is None:
+    if flags.FLAGS.config is None:
         raise app.UsageError("--config is required")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    summary = train(_CONFIG.value)
+    summary = train(flags.FLAGS.config, progress=flags.FLAGS.progress)
     print(json.dumps(summary, indent=2, default=str))
 
 
 if __name__ == "__main__":
+    config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]", lock_config=True)
+    flags.DEFINE_boolean("progress", True, "show a progress bar")
     app.run(main)

@@ -12,11 +12,11 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import demo  # noqa: E402
-from cosmos_jax import train  # noqa: E402  (defines its flags before parsing)
+from cosmos_jax import train  # noqa: E402
 from cosmos_jax.data import synthetic  # noqa: E402
 
 flags.DEFINE_string("data", "datasets/synthetic", "where the synthetic dataset lives (made if missing)")
-flags.DEFINE_integer("steps", 50, "training steps")
+flags.DEFINE_integer("steps", 800, "training steps")
 
 
 def main(argv):
@@ -32,7 +32,7 @@ def main(argv):
     config.checkpoint.save_iter = max(1, flags.FLAGS.steps // 2)
     config.job.name = "demo_" + datetime.datetime.now().strftime("%Y%m%d_%H%M%S")
     t_data = time.time() - t0
-    summary = train.train(config)
+    summary = train.train(config, progress=True)
     job = summary["job_dir"]
     rows = train.metrics_lib.read(os.path.join(job, "metrics.jsonl"))
     val = [r for r in rows if r["kind"] == "val"]

@@ -30,3 +30,15 @@ def tiny_dit_config(**overrides):
     base.update(dtype="float32", attention_impl="xla")
     base.update(overrides)
     return DiTConfig(**base)
+
+
+def tiny_experiment_config():
+    """configs/demo.py with the parity reference's network (for converter and CLI tests)."""
+    from configs import demo
+
+    c = demo.get_config()
+    kw = json.loads((PARITY / "dit_tiny_config.json").read_text())["net_kwargs"]
+    for k in list(c.model.keys()):
+        if k in kw:
+            c.model[k] = kw[k]
+    return c

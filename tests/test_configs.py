@@ -56,7 +56,7 @@ def test_v2w_differs_only_where_upstream_does():
 def test_demo_is_tiny_and_consistent():
     c = demo.get_config()
     m = build.dit_config(c)
-    assert m.model_channels <= 128 and m.num_blocks <= 2 and c.tokenizer.name == "haar"
+    assert m.model_channels <= 128 and m.num_blocks <= 3 and c.tokenizer.name == "haar"
     assert c.model.model_channels % c.model.num_heads == 0
     assert tuple(c.latent_shape) == (16, 2, 8, 12)
     assert math.isfinite(c.optim.lr)

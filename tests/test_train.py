@@ -29,7 +29,8 @@ def args(data, *extra):
     return [sys.executable, "-m", "cosmos_jax.train", "--config=configs/demo.py", "--noprogress",
             f"--config.data.dataset_dir={data}", "--config.model.crossattn_emb_channels=8",
             "--config.data.video_size=(16, 32)", "--config.max_iter=6", "--config.checkpoint.save_iter=2",
-            "--config.log_every=1", "--config.samples.num_steps=2", "--config.data.num_workers=1", *extra]
+            "--config.log_every=1", "--config.samples.num_steps=2", "--config.data.num_workers=1",
+            "--config.batch_size=1", "--config.model.num_blocks=2", "--config.model.model_channels=64", *extra]
 
 
 def run(data, out, *extra, fault=None, expect=0):
@@ -88,7 +89,8 @@ def _config(cfg_json):
     from configs import demo
 
     c = demo.get_config()
-    c.model.crossattn_emb_channels = cfg_json["model"]["crossattn_emb_channels"]
+    for k in ("crossattn_emb_channels", "num_blocks", "model_channels"):
+        c.model[k] = cfg_json["model"][k]
     return c
 
 

@@ -11,12 +11,10 @@ import collections
 import os
 import sys
 
-from absl import app
+from absl import app, flags
 from ml_collections import config_flags
 
 from cosmos_jax.data import dataset, pickles, video
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]", lock_config=True)
 
 
 def validate(spec: dataset.DataSpec, out=sys.stdout) -> list[str]:
@@ -99,11 +97,13 @@ def validate(spec: dataset.DataSpec, out=sys.stdout) -> list[str]:
 
 def main(argv):
     del argv
-    if _CONFIG.value is None:
+    config = flags.FLAGS.config
+    if config is None:
         raise app.UsageError("--config is required")
-    problems = validate(dataset.DataSpec.from_config(_CONFIG.value))
+    problems = validate(dataset.DataSpec.from_config(config))
     sys.exit(1 if problems else 0)
 
 
 if __name__ == "__main__":
+    config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]", lock_config=True)
     app.run(main)

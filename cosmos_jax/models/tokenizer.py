@@ -129,9 +129,11 @@ class Tokenizer:
         return unit_to_pixels(x.reshape(b, v, -1, *x.shape[2:]))
 
 
-# Per-channel scale of haar latents on natural-looking video (DC luma ~ 8*sqrt(3)*mean, details much smaller):
-# makes the normalised latents roughly unit-variance. Fixed constants, so the tokenizer stays weight-free.
-_HAAR_STD = np.array([6.0] + [0.6] * 7 + [1.0, 0.3, 0.3, 0.3, 1.0, 0.3, 0.3, 0.3], np.float32)
+# Per-channel std of raw haar latents, measured on the synthetic rig's videos (DC luma ~10, coarse details ~2,
+# fine details ~0.2): the normalised latents then have std ~1 before the x sigma_data (0.5), as upstream's
+# mean_std.pt makes them. Means are left at 0 (content dependent). Fixed constants: the tokenizer stays weight-free.
+_HAAR_STD = np.array([10.0, 2.0, 2.0, 0.7, 2.0, 0.6, 0.4, 0.15, 2.0, 0.35, 0.35, 0.18, 3.5, 0.55, 0.55, 0.25],
+                     np.float32)
 
 
 def haar_tokenizer(pixel_chunk_duration: int, sigma_data: float = 0.5) -> Tokenizer:

@@ -1,0 +1,115 @@
+"""Base weights on disk: the converted network that `checkpoint.load_path` and `generate` read.
+
+An Orbax folder written one transformer block at a time, so that converting a 7B `.pt` never holds more than one
+block in memory:
+    DIR/rest/          Orbax PyTree {"params": ..., "buffers": ...}: every non-block tensor
+    DIR/block_000/ ... Orbax PyTree {"params": {"net": {"blocks": ...}}}: block i's slice of every stacked tensor
+    DIR/meta.json      {"format", "num_blocks", "source", ...}: written last, so its presence marks a complete
+                       conversion
+Paths are the model's (cosmos_jax/models); `restore` assembles the canonical stacked tree directly on the devices,
+one block at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from cosmos_jax import train_state as ts
+
+FORMAT = "cosmos_jax.base_weights/1"
+BLOCKS = ("net", "blocks")
+
+
+def is_block(path: tuple[str, ...]) -> bool:
+    return path[1:3] == BLOCKS
+
+
+def _save(path: str, tree: dict) -> None:
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(os.path.abspath(path), tree, force=True)
+    ckptr.wait_until_finished()
+
+
+def write(dst: str, rest: dict[tuple[str, ...], np.ndarray], blocks: Iterable[dict[tuple[str, ...], np.ndarray]],
+          meta: dict) -> None:
+    """`rest`: {("params"|"buffers", ...path): array} of non-block tensors; `blocks`: per block, the same for the
+    block's slices (paths with the "net/blocks" prefix, no layer axis). Consumed one block at a time."""
+    os.makedirs(dst, exist_ok=True)
+    marker = os.path.join(dst, "meta.json")
+    if os.path.exists(marker):
+        os.remove(marker)  # an interrupted rewrite must not look complete
+    _save(os.path.join(dst, "rest"), ts.unflat(rest))
+    n = 0
+    for i, block in enumerate(blocks):
+        _save(os.path.join(dst, f"block_{i:03d}"), ts.unflat(block))
+        n += 1
+    with open(marker + ".tmp", "w") as f:
+        json.dump({"format": FORMAT, "num_blocks": n, **meta}, f, indent=2)
+    os.replace(marker + ".tmp", marker)
+
+
+def read_meta(path: str) -> dict:
+    marker = os.path.join(path, "meta.json")
+    if not os.path.isfile(marker):
+        raise FileNotFoundError(f"{path}: not a complete converted checkpoint (no meta.json); convert with "
+                                "python -m converters.dit_to_orbax --src <model.pt> --dst " + path)
+    with open(marker) as f:
+        meta = json.load(f)
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{marker}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    return meta
+
+
+def _item_metadata(path: str) -> dict[tuple[str, ...], tuple[tuple[int, ...], str]]:
+    md = ocp.StandardCheckpointer().metadata(os.path.abspath(path))
+    md = getattr(md, "item_metadata", md)
+    return {p: (tuple(m.shape), str(m.dtype)) for p, m in ts.flat(dict(md)).items()}
+
+
+def flat_metadata(path: str) -> dict[tuple[str, ...], tuple[tuple[int, ...], str]]:
+    """{("params"|"buffers", ...): (shape, dtype)} in the canonical stacked layout, read from metadata only."""
+    meta = read_meta(path)
+    out = _item_metadata(os.path.join(path, "rest"))
+    n = meta["num_blocks"]
+    if n:
+        for p, (shape, dtype) in _item_metadata(os.path.join(path, "block_000")).items():
+            out[p] = ((n, *shape), dtype)
+    return out
+
+
+def restore(path: str, target: dict, shardings: dict) -> dict:
+    """Restore onto `target` ({"params", "buffers"} of ShapeDtypeStructs) with `shardings`; dtypes are cast to
+    the target's. Shapes must already have been checked (checkpoint.load_weights does)."""
+    meta = read_meta(path)
+    flat_t, flat_s = ts.flat(target), ts.flat(shardings)
+    rest_keys = [p for p in flat_t if not is_block(p)]
+    rest_target = ts.unflat({p: jax.ShapeDtypeStruct(flat_t[p].shape, flat_t[p].dtype, sharding=flat_s[p])
+                             for p in rest_keys})
+    out = ts.flat(ocp.StandardCheckpointer().restore(os.path.abspath(os.path.join(path, "rest")), rest_target))
+    block_keys = [p for p in flat_t if is_block(p)]
+
+    def piece_sharding(s: NamedSharding) -> NamedSharding:
+        return NamedSharding(s.mesh, P(*tuple(s.spec)[1:]))
+
+    stacked = {p: jax.jit(lambda shape=flat_t[p].shape, dtype=flat_t[p].dtype: jnp.zeros(shape, dtype),
+                          out_shardings=flat_s[p])() for p in block_keys}
+    set_block = jax.jit(lambda full, piece, i: jax.lax.dynamic_update_index_in_dim(full, piece.astype(full.dtype),
+                                                                                   i, 0), donate_argnums=0)
+    for i in range(meta["num_blocks"]):
+        piece_target = ts.unflat({p: jax.ShapeDtypeStruct(flat_t[p].shape[1:], flat_t[p].dtype,
+                                                          sharding=piece_sharding(flat_s[p])) for p in block_keys})
+        pieces = ts.flat(ocp.StandardCheckpointer().restore(
+            os.path.abspath(os.path.join(path, f"block_{i:03d}")), piece_target))
+        for p in block_keys:
+            stacked[p] = set_block(stacked[p], pieces[p], i)
+    out.update(stacked)
+    return ts.unflat(out)
