@@ -54,15 +54,15 @@ def plot_losses(metrics_path: str, out_png: str) -> str | None:
     if not train:
         return None
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    ax.plot(*zip(*train, strict=True), label="train loss (Kendall EDM)", lw=1)
+    handles = ax.plot(*zip(*train, strict=True), label="train loss (Kendall EDM)", lw=1)
     if val:
         ax2 = ax.twinx()
-        ax2.plot(*zip(*val, strict=True), "o-", color="tab:red", label="val EDM MSE (fixed sigma grid)")
+        handles += ax2.plot(*zip(*val, strict=True), "o-", color="tab:red", label="val EDM MSE (fixed sigma grid)")
         ax2.set_ylabel("validation", color="tab:red")
     ax.set_xlabel("step")
     ax.set_ylabel("train loss")
-    ax.set_title("cosmos_jax post-training")
-    fig.legend(loc="upper right", fontsize=8)
+    ax.set_title("cosmos_jax post-training", fontsize=10)
+    ax.legend(handles=handles, loc="upper right", fontsize=8)
     fig.tight_layout()
     fig.savefig(out_png)
     plt.close(fig)
