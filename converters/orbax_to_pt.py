@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import sys
 
-import jax
 import numpy as np
 from absl import app, flags
 
@@ -27,24 +26,9 @@ def _orbax_dir(src: str) -> str | None:
 
 def export_job(src: str, dst: str, step: int | None = None) -> list[str]:
     """Reg + EMA `.pt` of a job's checkpoint (restores only params, buffers and EMA, on the CPU)."""
-    import orbax.checkpoint as ocp
-
     from cosmos_jax import checkpoint
 
-    root = _orbax_dir(src)
-    steps = sorted(int(n) for n in os.listdir(root) if n.isdigit())
-    step = steps[-1] if step is None else step
-    if step not in steps:
-        raise FileNotFoundError(f"{root}: no complete checkpoint for step {step} (have {steps})")
-    state_dir = os.path.abspath(os.path.join(root, str(step), "state"))
-    ckptr = ocp.PyTreeCheckpointer()
-    md = ckptr.metadata(state_dir)
-    md = dict(getattr(md, "item_metadata", md))
-    wanted = {k: md[k] for k in ("params", "buffers", "ema")}
-    item = jax.tree.map(lambda m: np.zeros((), np.float32), wanted)
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
-    state = ckptr.restore(state_dir, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args,
-                                                                 partial_restore=True))
+    step, state = checkpoint.restore_job_weights(src, step)
     num_blocks = np.asarray(state["params"]["net"]["blocks"]["fa"]["attn"]["to_q"]["kernel"]).shape[0]
     return list(checkpoint.export_pt(state, int(num_blocks), dst, step))
 

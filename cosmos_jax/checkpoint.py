@@ -112,3 +112,26 @@ def load_weights(path: str, abstract_state, shardings) -> tuple[dict, dict]:
     target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), want)
     restored = base_weights.restore(path, target, sh)
     return restored["params"], restored["buffers"]
+
+
+def restore_job_weights(job_or_orbax_dir: str, step: int | None = None) -> tuple[int, dict]:
+    """(step, {"params", "buffers", "ema"}) of a job's checkpoint as host numpy trees; the optimizer state is not
+    read. Latest complete step unless `step` is given."""
+    root = job_or_orbax_dir
+    if os.path.isdir(os.path.join(root, "orbax")):
+        root = os.path.join(root, "orbax")
+    steps = sorted(int(n) for n in os.listdir(root) if n.isdigit()) if os.path.isdir(root) else []
+    if not steps:
+        raise FileNotFoundError(f"{job_or_orbax_dir}: no complete Orbax checkpoint (orbax/<step>/) found")
+    step = steps[-1] if step is None else step
+    if step not in steps:
+        raise FileNotFoundError(f"{root}: no complete checkpoint for step {step} (have {steps})")
+    state_dir = os.path.abspath(os.path.join(root, str(step), "state"))
+    ckptr = ocp.PyTreeCheckpointer()
+    md = ckptr.metadata(state_dir)
+    md = dict(getattr(md, "item_metadata", md))
+    item = jax.tree.map(lambda m: np.zeros((), np.float32), {k: md[k] for k in ("params", "buffers", "ema")})
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+    tree = ckptr.restore(state_dir, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args,
+                                                                partial_restore=True))
+    return step, tree

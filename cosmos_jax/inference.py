@@ -1,0 +1,164 @@
+"""View extension with a trained network: load weights from any of our checkpoint forms, build upstream's inference
+condition, sample, decode. Used by `python -m cosmos_jax.generate`.
+
+Upstream (spec/cosmos-compat.md §8): the front view is the clean condition (`first_cam`); Video2World also pins the
+first latent frames of every view (`first_cam_and_first_n`, from the last 1 or 9 frames of an initial video);
+views 0..5 use embedding rows 0..5 (front, front-left, front-right, back, back-left, back-right) and frame repeat
+[0, 0, 0, 0, 10, 10] / 10; guidance F = F_c + g (F_c - F_u) on the raw output, F_u with the text zeroed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from cosmos_jax import checkpoint
+from cosmos_jax import train_state as ts
+from cosmos_jax.data import layout
+from cosmos_jax.diffusion import conditioning
+from cosmos_jax.diffusion import denoise as dn
+from cosmos_jax.models import build
+from cosmos_jax.samples import ViewExtender
+
+# Upstream's 6-view inference rig: names, view-embedding rows, frame repeat, the 2x3 grid order [1, 0, 2, 4, 3, 5].
+SIX_VIEWS = ("front", "front_left", "front_right", "back", "back_left", "back_right")
+SIX_REPEAT = (0.0, 0.0, 0.0, 0.0, 10.0, 10.0)
+SIX_GRID = (1, 0, 2, 4, 3, 5)
+_CAPTURED = "The video is captured from a camera mounted on a car."
+SIX_PREFIX = {
+    "front": layout.PREFIX_SENTENCES["pinhole_front"],
+    "front_left": layout.PREFIX_SENTENCES["pinhole_front_left"],
+    "front_right": layout.PREFIX_SENTENCES["pinhole_front_right"],
+    "back": f"{_CAPTURED} The camera is facing backward.",
+    "back_left": layout.PREFIX_SENTENCES["pinhole_side_left"],
+    "back_right": layout.PREFIX_SENTENCES["pinhole_side_right"],
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Rig:
+    """The views to generate: names, view-embedding rows, frame repeat (raw, divided by 10 for the network)."""
+
+    names: tuple[str, ...]
+    rows: tuple[int, ...]
+    repeat: tuple[float, ...]
+
+    @classmethod
+    def upstream(cls, n_views: int) -> Rig:
+        if not 1 <= n_views <= 6:
+            raise ValueError(f"--n_views={n_views}: upstream's inference rig has 1..6 views")
+        return cls(SIX_VIEWS[:n_views], tuple(range(n_views)), SIX_REPEAT[:n_views])
+
+    @classmethod
+    def training(cls, config, n_views: int) -> Rig:
+        """The first n training cameras with the training's view-embedding rows (caption_view_idx_map)."""
+        keys = list(config.data.view_keys)[:n_views]
+        idx = {int(k): int(v) for k, v in dict(config.data.caption_view_idx_map).items()}
+        return cls(tuple(k.removeprefix("pinhole_") for k in keys), tuple(idx.get(i, i) for i in range(len(keys))),
+                   (0.0,) * len(keys))
+
+    def grid_order(self) -> list[int | None]:
+        """Tiles of the 3-wide grid (None = blank): upstream's [1, 0, 2 / 4, 3, 5] for 6 views; with 5 views the
+        side cameras go under the front-left and front-right ones."""
+        n = len(self.names)
+        if self.names == SIX_VIEWS:
+            return list(SIX_GRID)
+        if n == 5:
+            return [1, 0, 2, 3, None, 4]
+        return [1, 0, 2, *range(3, n)] if n >= 3 else list(range(n))
+
+    def default_prompt(self, i: int) -> str:
+        return SIX_PREFIX.get(self.names[i]) or layout.PREFIX_SENTENCES.get("pinhole_" + self.names[i], "")
+
+
+@dataclasses.dataclass
+class Loaded:
+    config: ml_collections.ConfigDict
+    graphdef: object
+    params: dict
+    buffers: dict
+    source: str
+
+
+def load(checkpoint_path: str, weights: str = "ema", config=None) -> Loaded:
+    """A job directory (network rebuilt from its saved config.json; EMA or reg weights), its orbax/ folder,
+    converted base weights (meta.json) or an upstream `.pt` (these two need `config` for the network)."""
+    if weights not in ("ema", "reg"):
+        raise ValueError(f"--weights={weights!r}: expected 'ema' or 'reg'")
+    path = checkpoint_path.rstrip("/")
+    job = os.path.dirname(path) if os.path.basename(path) == "orbax" else path
+    if os.path.isfile(os.path.join(job, "config.json")) and os.path.isdir(os.path.join(job, "orbax")):
+        with open(os.path.join(job, "config.json")) as f:
+            config = ml_collections.ConfigDict(json.load(f))
+        step, tree = checkpoint.restore_job_weights(job)
+        params, source = tree["ema" if weights == "ema" else "params"], f"{job} step {step} ({weights})"
+        buffers = tree["buffers"]
+    else:
+        if config is None:
+            raise ValueError(f"{checkpoint_path}: not a job directory; give --config for its network")
+        cfg = build.dit_config(config)
+        if os.path.isfile(os.path.join(path, "meta.json")):
+            from cosmos_jax import base_weights
+
+            flat = {p: np.asarray(a) for p, a in ts.flat(_restore_base(path, cfg, base_weights)).items()}
+        elif path.endswith((".pt", ".pth")) and os.path.isfile(path):
+            from converters import keymap
+            from converters import load as pt_load
+
+            buffers = {e.path for e in keymap.ENTRIES if e.buffer}
+            flat = {("buffers" if p in buffers else "params", *p): a
+                    for p, a in pt_load.pt_to_tree(path, build.abstract(cfg)).items()}
+        else:
+            raise FileNotFoundError(f"{checkpoint_path}: expected a job directory, converted base weights "
+                                    "(meta.json) or a .pt file")
+        tree = ts.unflat(flat)
+        params, buffers, source = tree["params"], tree["buffers"], path
+    graphdef, p_abs, b_abs = ts.split(build.abstract(build.dit_config(config)))
+    params = jax.tree.map(lambda a, t: jnp.asarray(a, t.dtype), params, p_abs)
+    buffers = jax.tree.map(lambda a, t: jnp.asarray(a, t.dtype), buffers, b_abs)
+    return Loaded(config, graphdef, params, buffers, source)
+
+
+def _restore_base(path, cfg, base_weights):
+    _, p_abs, b_abs = ts.split(build.abstract(cfg))
+    target = {"params": p_abs, "buffers": b_abs}
+    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), target)
+    dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return base_weights.restore(path, target, jax.tree.map(lambda _: dev, target))
+
+
+def view_extend(loaded: Loaded, tokenizer, front_video_FHW3: np.ndarray, text_VSE: np.ndarray, rig: Rig,
+                fps: float, key, num_steps: int = 35, guidance: float = 7.0, initial_VFHW3: np.ndarray | None = None,
+                num_condition_t: int = 0, callback=None) -> tuple[np.ndarray, np.ndarray]:
+    """(generated pixels uint8 [V, F, H, W, 3], condition latents [1, V, T, h, w, C])."""
+    v = len(rig.names)
+    f, h, w, _ = front_video_FHW3.shape
+    video = np.zeros((1, v, f, h, w, 3), np.uint8)
+    video[0, 0] = front_video_FHW3
+    if initial_VFHW3 is not None:
+        video[0, 1:, : initial_VFHW3.shape[1]] = initial_VFHW3[1:]
+    gt = tokenizer.encode(jnp.asarray(video))
+    t = gt.shape[2]
+    if initial_VFHW3 is not None and num_condition_t:
+        # Views other than the front carry only their first latent frames (encoded with zero padding, upstream).
+        location = "first_cam_and_first_n"
+    else:
+        location, num_condition_t = "first_cam", 0
+    indicator = conditioning.condition_indicator(location, v, t, num_condition_t)[None]
+    gt = gt * jnp.broadcast_to(indicator[..., None, None, None], gt.shape)  # only the condition region is known
+    cond = dn.Condition(
+        text_BVSE=jnp.asarray(text_VSE, jnp.float32)[None],
+        view_idx_BVT=jnp.broadcast_to(jnp.asarray(rig.rows, jnp.int32)[None, :, None], (1, v, t)),
+        fps_B=jnp.full((1,), fps, jnp.float32), frame_repeat_BV=jnp.asarray(rig.repeat, jnp.float32)[None] / 10.0,
+        input_mask_BVT=indicator)
+    extender = ViewExtender(loaded.graphdef, float(loaded.config.diffusion.sigma_data),
+                            float(loaded.config.diffusion.sigma_min), float(loaded.config.diffusion.sigma_max))
+    lat = extender.generate(loaded.params, loaded.buffers, cond, gt, indicator, key, num_steps, guidance,
+                            callback=callback)
+    return np.asarray(jax.device_get(tokenizer.decode(lat)))[0], np.asarray(gt)
