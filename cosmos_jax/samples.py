@@ -16,7 +16,6 @@ import numpy as np
 from flax import nnx
 from PIL import Image
 
-from cosmos_jax.data import video as video_io
 from cosmos_jax.diffusion import denoise as dn
 from cosmos_jax.diffusion import sampler
 
@@ -79,6 +78,8 @@ def write_comparison(out_dir: str, stem: str, real_VFHW3: np.ndarray, gen_VFHW3:
                  enumerate(zip(real_VFHW3, view_names, strict=True))]
     grid = grid_frames([gen_rows, real_rows])
     grid = grid[:, : grid.shape[1] // 2 * 2, : grid.shape[2] // 2 * 2]
+    from cosmos_jax.data import video as video_io  # PyAV only where videos are written
+
     mp4 = os.path.join(out_dir, f"{stem}_grid.mp4")
     video_io.write_mp4(mp4, grid, fps=fps)
     f = gen_VFHW3.shape[1]

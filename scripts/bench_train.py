@@ -1,0 +1,135 @@
+"""Training benchmark: real train steps on latents of the seed's shape, JSON to bench/results/ (contracts.md).
+
+    python scripts/bench_train.py --config=configs/waymo.py [--blocks K] [--config.remat=full] [--steps 6]
+
+Inputs are latents (the tokenizer is not in the timed step): 3 views x 8 x 72 x 128 x 16 and 3 x 512 text tokens
+per sample, one sample per data-parallel device unless --config.batch_size says otherwise. `--blocks K` runs a
+K-block slice of the network (sweeps fit a call). Model FLOPs follow perf/budget.md §1: forward = token-side
+linears + text K/V + joint self-attention + per-view cross-attention + patch/final; full fine-tune = 3 x forward.
+MFU = model FLOPs / step time / (790e12 x devices).
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import json
+import os
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+PEAK = 790e12
+
+
+def model_flops_per_sample(m, views: int, t: int, h: int, w: int, text_tokens: int = 512) -> float:
+    """Training model FLOPs of one sample (3 x forward), attention counted in full (non-causal)."""
+    d, nb, c = m.model_channels, m.num_blocks, m.crossattn_emb_channels
+    p = m.patch_spatial
+    per_view = (t // m.patch_temporal) * (h // p) * (w // p)
+    tokens = views * per_view
+    hidden = int(d * m.mlp_ratio)
+    linears = 2 * tokens * (4 * d * d + 2 * d * d + 2 * d * hidden) * nb  # self qkvo, cross q/o, MLP
+    text_kv = 2 * views * text_tokens * 2 * c * d * nb
+    self_attn = 4 * tokens * tokens * d * nb
+    cross_attn = 4 * tokens * text_tokens * d * nb
+    patch = 2 * tokens * (m.patch_in_features + m.patch_out_features) * d
+    return 3.0 * (linears + text_kv + self_attn + cross_attn + patch)
+
+
+def gemm_tflops(n: int = 8192, reps: int = 10) -> float:
+    a = jnp.ones((n, n), jnp.bfloat16)
+    f = jax.jit(lambda x, y: x @ y)
+    f(a, a).block_until_ready()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        f(a, a).block_until_ready()
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / statistics.median(times) / 1e12
+
+
+def peak_memory_gb() -> float | None:
+    stats = jax.devices()[0].memory_stats() or {}
+    b = stats.get("peak_bytes_in_use")
+    return None if b is None else b / 2**30
+
+
+def main(argv):
+    del argv
+    from cosmos_jax import optim, sharding
+    from cosmos_jax import step as step_lib
+    from cosmos_jax import train_state as ts
+    from cosmos_jax.models import build
+
+    f = flags.FLAGS
+    config = f.config
+    if f.blocks:
+        config.model.num_blocks = f.blocks
+    mesh = sharding.make_mesh(config.mesh)
+    ndev = mesh.size
+    dp = mesh.shape["data"] * mesh.shape["fsdp"]
+    batch = config.batch_size or dp
+    views = config.data.sample_n_views
+    c_lat, t_lat, h_lat, w_lat = config.latent_shape
+    cfg = build.dit_config(config)
+    tx = optim.make(config)
+    graphdef, _, shardings = ts.layout(cfg, tx, mesh)
+    state = ts.create(cfg, tx, mesh, shardings)
+    rng = np.random.default_rng(0)
+    host = {"latents": (rng.standard_normal((1, batch, views, t_lat, h_lat, w_lat, c_lat)) * 0.5).astype(np.float32),
+            "text": rng.standard_normal((1, batch, views, 512, cfg.crossattn_emb_channels)).astype(np.float32),
+            "view_idx": np.broadcast_to(np.arange(views, dtype=np.int32), (1, batch, views)).copy(),
+            "fps": np.full((1, batch), 10.0, np.float32), "frame_repeat": np.zeros((1, batch, views), np.float32)}
+    batch_sh = sharding.batch_sharding(mesh, leading_axes=1)
+    data = sharding.put_batch(host, batch_sh)
+    scfg = step_lib.StepConfig.from_config(config)
+    step = jax.jit(functools.partial(step_lib.train_step, graphdef=graphdef, tx=tx, cfg=scfg, tokenizer=None),
+                   in_shardings=(shardings, batch_sh, None), out_shardings=(shardings, None), donate_argnums=(0,))
+    t0 = time.perf_counter()
+    compiled = step.lower(state, data, jax.random.key(0)).compile()
+    compile_s = time.perf_counter() - t0
+    times = []
+    for i in range(f.steps):
+        t = time.perf_counter()
+        state, m = compiled(state, data, jax.random.key(i))
+        jax.block_until_ready(m["loss"])
+        times.append(time.perf_counter() - t)
+    step_time = statistics.median(times[1:])
+    flops = model_flops_per_sample(cfg, views, t_lat, h_lat, w_lat) * batch
+    result = {
+        "name": f.name or f"train_{cfg.num_blocks}blocks_remat-{config.remat}", "mode": "full",
+        "num_devices": ndev, "card": jax.devices()[0].device_kind, "date": datetime.date.today().isoformat(),
+        "command": " ".join(["python", "scripts/bench_train.py", *sys.argv[1:]]),
+        "config": {"num_blocks": cfg.num_blocks, "remat": config.remat, "mesh": [list(a) for a in config.mesh],
+                   "batch_size": batch, "dtype": cfg.dtype, "attention_impl": cfg.attention_impl,
+                   "scan_blocks": cfg.scan_blocks},
+        "tokens_per_sample": views * (t_lat // cfg.patch_temporal) * (h_lat // 2) * (w_lat // 2),
+        "step_time_s": step_time, "step_times_s": times, "samples_per_s": batch / step_time,
+        "model_tflops_per_step": flops / 1e12, "mfu": flops / step_time / (PEAK * ndev),
+        "gemm_tflops": gemm_tflops(), "peak_memory_gb": peak_memory_gb(), "compile_s": compile_s,
+        "loss": float(m["loss"]), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    }
+    os.makedirs(f.out, exist_ok=True)
+    path = os.path.join(f.out, f"{result['name']}_{result['card'].replace(' ', '-')}_{ndev}dev.json")
+    with open(path, "w") as fh:
+        json.dump(result, fh, indent=2)
+    print(json.dumps({k: v for k, v in result.items() if k != "step_times_s"}, indent=2))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    config_flags.DEFINE_config_file("config", "configs/waymo.py", "experiment config", lock_config=False)
+    flags.DEFINE_integer("blocks", 0, "run a K-block slice (0 = the config's)")
+    flags.DEFINE_integer("steps", 6, "steps (the first is warm-up)")
+    flags.DEFINE_string("name", "", "result name")
+    flags.DEFINE_string("out", "bench/results", "output folder")
+    app.run(main)
