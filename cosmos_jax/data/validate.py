@@ -42,7 +42,8 @@ def validate(spec: dataset.DataSpec, out=sys.stdout) -> list[str]:
             except (pickles.BadEmbeddingError, OSError) as e:
                 problems.append(str(e))
     fps_seen, sizes, frames = collections.Counter(), collections.Counter(), collections.Counter()
-    windows = 0
+    per_view = {v: collections.Counter() for v in spec.view_keys}
+    windows, emb_read, emb_missing = 0, 0, 0
     for clip in clips:
         stem = os.path.splitext(clip)[0]
         counts = {}
@@ -57,14 +58,17 @@ def validate(spec: dataset.DataSpec, out=sys.stdout) -> list[str]:
             fps_seen[round(vinfo.fps, 3)] += 1
             sizes[f"{view} {vinfo.width}x{vinfo.height}"] += 1
             frames[vinfo.num_frames] += 1
+            per_view[view][vinfo.num_frames] += 1
             if vinfo.num_frames < spec.span:
                 problems.append(f"{path}: {vinfo.num_frames} frames, fewer than a window needs ({spec.span})")
             if spec.load_mv_emb or vi == 0:
                 cands = pickles.caption_candidates(root, view, stem)
                 emb_path = pickles.find_existing(cands)
                 if emb_path is None:
+                    emb_missing += 1
                     problems.append(f"{cands[0]}: caption embedding missing")
                 else:
+                    emb_read += 1
                     try:
                         pickles.read_embedding(emb_path, spec.embed_dim)
                     except (pickles.BadEmbeddingError, OSError) as e:
@@ -74,19 +78,24 @@ def validate(spec: dataset.DataSpec, out=sys.stdout) -> list[str]:
         if counts:
             windows += len(dataset.window_starts(min(counts.values()), spec))
     stems = {os.path.splitext(c)[0] for c in clips}
+    n_extra = 0
     for view in spec.view_keys:
         emb_dir = os.path.join(root, "t5_xxl", view)
         if os.path.isdir(emb_dir):
             extra = sorted(n for n in os.listdir(emb_dir) if os.path.splitext(n)[0] not in stems)
+            n_extra += len(extra)
             info += [f"extra embedding without a video: {os.path.join(emb_dir, n)}" for n in extra]
     print(f"dataset {root}", file=out)
     print(f"  clips {len(clips)}, windows {windows} ({spec.num_frames} frames, interval {spec.sequence_interval}), "
           f"views {len(spec.view_keys)} ({', '.join(spec.view_keys)}), sampled per window {spec.num_views}", file=out)
     print(f"  frames per video {dict(sorted(frames.items()))}, fps {dict(fps_seen)}", file=out)
+    print(f"  frames per view {{{', '.join(f'{v}: {dict(sorted(c.items()))}' for v, c in per_view.items())}}}",
+          file=out)
     print(f"  sizes {dict(sorted(sizes.items()))} -> resized to {spec.video_size[0]}x{spec.video_size[1]} (HxW)",
           file=out)
     print(f"  text: {'prefix + caption per view' if spec.load_mv_emb else 'front caption, prefixes elsewhere'}, "
           f"width {spec.embed_dim}", file=out)
+    print(f"  caption embeddings: {emb_read} read, {emb_missing} missing, {n_extra} extra", file=out)
     for line in info:
         print(f"  note: {line}", file=out)
     for p in problems:

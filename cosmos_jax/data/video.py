@@ -111,6 +111,68 @@ def resize(frames_FHW3: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     return np.stack([np.asarray(Image.fromarray(f).resize((w, h), Image.BILINEAR)) for f in frames_FHW3])
 
 
+class Mp4Writer:
+    """Streaming H.264 (libx264, yuv420p) writer with a short keyframe interval: frames are encoded as they come,
+    into a temporary file that is renamed to `path` only by a successful `close()`; `abort()` (or leaving the `with`
+    block on an exception) deletes it, so an interrupted write never leaves a partial file at `path`.
+
+    `tmp_path` (default `<path>.tmp-<pid>.mp4`) lets a caller keep partial files out of folders that readers list.
+    x264's threaded encoder is not bit-reproducible; `deterministic` encodes on one thread (same bytes each run).
+    """
+
+    def __init__(self, path: str, width: int, height: int, fps: float = 10.0, crf: int = 18, gop: int = 10,
+                 deterministic: bool = False, tmp_path: str | None = None):
+        if height % 2 or width % 2:
+            raise ValueError(f"{path}: yuv420p needs even sizes, got {width}x{height}")
+        self.path, self.width, self.height, self.frames = path, width, height, 0
+        self._tmp = tmp_path or f"{path}.tmp-{os.getpid()}.mp4"
+        self._container = av.open(self._tmp, mode="w", format="mp4")
+        try:
+            stream = self._container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            stream.options = {"crf": str(crf), "g": str(gop), "keyint_min": str(min(gop, 10))}
+            if deterministic:
+                stream.options = {**stream.options, "threads": "1"}
+        except BaseException:
+            self.abort()
+            raise
+        self._stream = stream
+
+    def write(self, frame_HW3: np.ndarray) -> None:
+        if frame_HW3.shape != (self.height, self.width, 3) or frame_HW3.dtype != np.uint8:
+            raise ValueError(f"{self.path}: frame {self.frames} is {frame_HW3.dtype} {frame_HW3.shape}, expected "
+                             f"uint8 {(self.height, self.width, 3)}")
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame_HW3), format="rgb24")
+        for packet in self._stream.encode(frame):
+            self._container.mux(packet)
+        self.frames += 1
+
+    def close(self) -> None:
+        """Flush, close and move the file into place."""
+        for packet in self._stream.encode():
+            self._container.mux(packet)
+        self._container.close()
+        os.replace(self._tmp, self.path)
+
+    def abort(self) -> None:
+        """Drop the partial file."""
+        try:
+            self._container.close()
+        except Exception:  # the file is deleted either way; the original error is what matters
+            pass
+        if os.path.exists(self._tmp):
+            os.remove(self._tmp)
+
+    def __enter__(self) -> Mp4Writer:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
 def write_mp4(path: str, frames_FHW3: np.ndarray, fps: float = 10.0, crf: int = 18, gop: int = 10,
               deterministic: bool = False) -> None:
     """H.264 (libx264, yuv420p) with a short keyframe interval, written atomically (temporary file, rename).
@@ -118,18 +180,6 @@ def write_mp4(path: str, frames_FHW3: np.ndarray, fps: float = 10.0, crf: int = 
     x264's threaded encoder is not bit-reproducible; `deterministic` encodes on one thread (same bytes each run).
     """
     f, h, w, _ = frames_FHW3.shape
-    if h % 2 or w % 2:
-        raise ValueError(f"{path}: yuv420p needs even sizes, got {w}x{h}")
-    tmp = f"{path}.tmp-{os.getpid()}.mp4"
-    with av.open(tmp, mode="w") as container:
-        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.options = {"crf": str(crf), "g": str(gop), "keyint_min": str(min(gop, 10))}
-        if deterministic:
-            stream.options = {**stream.options, "threads": "1"}
+    with Mp4Writer(path, w, h, fps, crf, gop, deterministic) as out:
         for frame in frames_FHW3:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    os.replace(tmp, path)
+            out.write(frame)
