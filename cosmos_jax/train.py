@@ -24,6 +24,7 @@ from cosmos_jax import checkpoint, optim, sharding
 from cosmos_jax import step as step_lib
 from cosmos_jax import train_state as ts
 from cosmos_jax.data import dataset, pipeline
+from cosmos_jax.data.latent_cache import LatentCacheSource
 from cosmos_jax.models import build
 from cosmos_jax.models import tokenizer as tok
 from cosmos_jax.utils import metrics as metrics_lib
@@ -76,11 +77,14 @@ def train(config, progress: bool = True) -> dict:
     mesh = sharding.make_mesh(config.mesh)
     batch = global_batch(config, mesh)
     spec = dataset.DataSpec.from_config(config)
-    source = dataset.MultiviewWindows(spec)
+    tokenizer = tok.from_config(config)
+    if config.data.latent_cache:
+        source = LatentCacheSource(config.data.latent_cache, spec, tokenizer)
+    else:
+        source = dataset.MultiviewWindows(spec)
     data_iter = pipeline.make_iterator(source, config.seed, batch, *sharding.data_rank(mesh, batch),
                                        num_threads=config.data.num_workers)
     # ---- state: resume, base weights, or fresh -------------------------------------------------------------
-    tokenizer = tok.from_config(config)
     tx = optim.make(config)
     graphdef, abstract, shardings = ts.layout(cfg_dit, tx, mesh, config.seed)
     ckpt = checkpoint.Manager(jdir, config.checkpoint.max_to_keep)
@@ -101,7 +105,7 @@ def train(config, progress: bool = True) -> dict:
         functools.partial(step_lib.train_step, graphdef=graphdef, tx=tx, cfg=step_cfg, tokenizer=tokenizer),
         in_shardings=(shardings, batch_sh, None), out_shardings=(shardings, None), donate_argnums=(0,))
     schedule = optim.schedule(config)
-    validator = Validator(config, graphdef, tokenizer, step_cfg, mesh, jdir)
+    validator = Validator.maybe(config, graphdef, tokenizer, step_cfg, mesh, jdir)
     writer = metrics_lib.MetricWriter(jdir)
     # ---- loop ----------------------------------------------------------------------------------------------
     start = int(jax.device_get(state["step"]))
@@ -109,7 +113,7 @@ def train(config, progress: bool = True) -> dict:
     bar = tqdm(total=config.max_iter, initial=start, disable=not progress or jax.process_index() > 0,
                desc=config.job.name, dynamic_ncols=True)
     last, t_last, skipped, host = {}, time.time(), 0, None
-    if start == 0:
+    if start == 0 and validator:
         writer.write(0, validator.run(state, 0, with_samples=False), prefix="val")
     for it in range(start, config.max_iter):
         micro = [next(data_iter) for _ in range(config.grad_accum)]
@@ -134,9 +138,10 @@ def train(config, progress: bool = True) -> dict:
             _fault("kill_during_save", done)
             if config.checkpoint.export_pt and jax.process_index() == 0:
                 checkpoint.export_pt(state, cfg_dit.num_blocks, os.path.join(jdir, "checkpoints"), done)
-            val = validator.run(state, done)
-            writer.write(done, val, prefix="val")
-            last.update(val)
+            if validator:
+                val = validator.run(state, done)
+                writer.write(done, val, prefix="val")
+                last.update(val)
     bar.close()
     ckpt.close()
     writer.close()

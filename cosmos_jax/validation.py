@@ -29,6 +29,15 @@ def heldout_dir(config) -> str:
 
 
 class Validator:
+    @classmethod
+    def maybe(cls, config, *args) -> Validator | None:
+        """A validator, or None (logged) when there are no held-out videos to validate on."""
+        d = heldout_dir(config)
+        if not os.path.isdir(os.path.join(d, "videos")):
+            log.warning("no held-out videos under %s: validation loss and samples are off", d)
+            return None
+        return cls(config, *args)
+
     def __init__(self, config, graphdef, tokenizer, step_cfg, mesh, job_dir: str):
         self.config, self.graphdef, self.tokenizer, self.step_cfg = config, graphdef, tokenizer, step_cfg
         self.samples_dir = os.path.join(job_dir, "samples")

@@ -22,7 +22,8 @@ from configs import base, demo  # noqa: E402
 from cosmos_jax.data import dataset, pipeline, video  # noqa: E402
 
 flags.DEFINE_enum("shape", "seed", ["seed", "demo"], "seed: 3 views x 57 frames at 576x1024; demo: configs/demo.py")
-flags.DEFINE_enum("source", "native", ["native", "resized"], "stored video size: Waymo native or the train size")
+flags.DEFINE_enum("source", "native", ["native", "resized", "cache"],
+                  "native/resized: videos stored at Waymo or training size; cache: a latent cache of the resized set")
 flags.DEFINE_integer("samples", 12, "samples to time after one warm-up batch")
 flags.DEFINE_integer("threads", 2, "grain read threads")
 flags.DEFINE_string("work", "/tmp/cosmos_jax_bench_loader", "where the benchmark dataset is built")
@@ -68,12 +69,24 @@ def main(argv):
     config = waymo.get_config() if F.shape == "seed" else demo.get_config()
     h, w = config.data.video_size
     sizes = NATIVE if F.source == "native" else {"front": (h, w), "side": (h, w)}
+    if F.shape == "seed":
+        config.tokenizer.name = "haar"  # the weight-free tokenizer makes the cache here; same record sizes
     frames = config.data.num_frames + 7
-    root = os.path.join(F.work, f"{F.shape}_{F.source}")
+    root = os.path.join(F.work, f"{F.shape}_{'resized' if F.source == 'cache' else F.source}")
     t0 = time.time()
     build(root, frames, sizes, config.model.crossattn_emb_channels)
     config.data.dataset_dir = root
-    source = dataset.MultiviewWindows(dataset.DataSpec.from_config(config))
+    spec = dataset.DataSpec.from_config(config)
+    if F.source == "cache":
+        from cosmos_jax.data import encode_latents, latent_cache
+        from cosmos_jax.models import tokenizer as tok
+
+        cache = os.path.join(F.work, f"{F.shape}_cache")
+        if not os.path.isfile(os.path.join(cache, "index.json")):
+            encode_latents.encode(config, cache, progress=False)
+        source = latent_cache.LatentCacheSource(cache, spec, tok.from_config(config))
+    else:
+        source = dataset.MultiviewWindows(spec)
     it = pipeline.make_iterator(source, seed=0, global_batch=1, num_threads=F.threads, prefetch=F.threads)
     next(it)
     t = time.time()
@@ -84,7 +97,8 @@ def main(argv):
         "name": f"loader_{F.shape}_{F.source}", "date": datetime.date.today().isoformat(),
         "machine": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}",
         "command": " ".join(["python", "scripts/bench_loader.py"] + sys.argv[1:]),
-        "sample_shape": list(b["video"].shape[1:]), "source_sizes": {k: list(v) for k, v in sizes.items()},
+        "sample_shape": list(b["latents" if F.source == "cache" else "video"].shape[1:]),
+        "source_sizes": {k: list(v) for k, v in sizes.items()},
         "threads": F.threads, "samples": F.samples, "samples_per_s": F.samples / dt,
         "s_per_sample": dt / F.samples, "dataset_build_s": time.time() - t0 - dt,
     }

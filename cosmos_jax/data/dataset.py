@@ -82,6 +82,17 @@ def list_clips(spec: DataSpec) -> list[str]:
     return sorted(n for n in os.listdir(front) if n.lower().endswith(VIDEO_EXTENSIONS) and not n.startswith("."))
 
 
+def choose_views(spec: DataSpec, rng: np.random.Generator) -> np.ndarray:
+    """View 0 (the front) always, plus sample_n_views - 1 others without replacement, sorted (upstream)."""
+    n_all = len(spec.view_keys)
+    if spec.sample_n_views <= 0:
+        return np.arange(n_all, dtype=np.int32)
+    if spec.sample_n_views > n_all:
+        raise ValueError(f"data.sample_n_views={spec.sample_n_views} > {n_all} view_keys")
+    others = rng.choice(np.arange(1, n_all), spec.sample_n_views - 1, replace=False)
+    return np.concatenate([[0], np.sort(others)]).astype(np.int32)
+
+
 def window_starts(num_frames_in_clip: int, spec: DataSpec) -> range:
     return range(0, max(0, num_frames_in_clip - spec.span + 1), spec.start_frame_interval)
 
@@ -124,13 +135,11 @@ class MultiviewWindows:
         return len(self.windows)
 
     def choose_views(self, rng: np.random.Generator) -> np.ndarray:
-        n_all = len(self.spec.view_keys)
-        if self.spec.sample_n_views <= 0:
-            return np.arange(n_all)
-        if self.spec.sample_n_views > n_all:
-            raise ValueError(f"data.sample_n_views={self.spec.sample_n_views} > {n_all} view_keys")
-        others = rng.choice(np.arange(1, n_all), self.spec.sample_n_views - 1, replace=False)
-        return np.concatenate([[0], np.sort(others)]).astype(np.int32)
+        return choose_views(self.spec, rng)
+
+    def text(self, view_i: int, stem: str) -> np.ndarray:
+        """The view's token embeddings [L, D] as the data settings compose them (before padding)."""
+        return self._text(view_i, stem)
 
     def _text(self, view_i: int, stem: str) -> np.ndarray:
         spec = self.spec

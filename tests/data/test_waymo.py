@@ -299,3 +299,31 @@ def test_missing_camera_is_an_error(tmp_path):
                        match=f"seg.tfrecord: byte offset {offsets[0]}: frame 0 has no image for SIDE_RIGHT"):
         prepare_waymo.prepare_segment(path, str(tmp_path / "out"))
     assert not os.path.exists(os.path.join(str(tmp_path / "out"), "videos", "pinhole_front", "clip_x.mp4"))
+
+
+def test_prepared_dataset_trains_one_step(prepared, tmp_path):
+    """tfrecords -> prepare_waymo -> embed_captions -> validate -> one train step."""
+    from cosmos_jax.data.synthetic_text import build_text_encoder
+
+    _, root, _ = prepared
+    root_copy = str(tmp_path / "waymo")
+    shutil.copytree(root, root_copy)
+    corpus = list(layout.PREFIX_SENTENCES.values()) + [_front_caption(i) for i in range(3)]
+    enc = build_text_encoder(str(tmp_path / "enc" / "t5"), corpus, D, seed=0)
+    caps = str(tmp_path / "captions.csv")
+    _write_csv(caps, {ID_A: _front_caption(0), ID_B: _front_caption(2)})
+    embed_captions.embed_dataset(caps, root_copy, "", encoder=enc, progress=False)
+    assert validate.validate(dataset.DataSpec.from_config(fx.config(root_copy)), io.StringIO()) == []
+    root_dir = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    cmd = [sys.executable, "-m", "cosmos_jax.train", "--config=configs/demo.py", "--noprogress",
+           f"--config.data.dataset_dir={root_copy}", f"--config.model.crossattn_emb_channels={D}",
+           "--config.data.video_size=(16, 32)", "--config.max_iter=1", "--config.checkpoint.save_iter=1",
+           "--config.batch_size=1", "--config.model.num_blocks=1", "--config.model.model_channels=32",
+           "--config.log_every=1", "--config.samples.enabled=False"]
+    env = {**os.environ, "OUTPUT_ROOT": str(tmp_path / "out"), "XLA_FLAGS": ""}
+    p = subprocess.run(cmd, cwd=root_dir, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    job = tmp_path / "out/posttraining/demo/demo_single2multiview"
+    rows = [json.loads(x) for x in open(job / "metrics.jsonl")]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [1]
+    assert os.path.isfile(job / "checkpoints/iter_000000001_ema_model.pt")
