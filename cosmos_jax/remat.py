@@ -3,6 +3,9 @@
   none  keep every activation (fastest, most memory)
   full  keep only the block input; recompute the block in the backward pass (upstream's FSDP checkpoint_wrapper)
   dots  keep the outputs of matmuls without batch dimensions (projections, MLP); recompute the rest
+  attention_outside  structural: recompute everything but the self-attention kernel, which stays outside
+        `jax.checkpoint` (naming its output in a policy does not stop cuDNN attention from being recomputed:
+        perf/budget.md); implemented by TransformerBlock.call_attention_outside
 """
 
 from __future__ import annotations
@@ -11,12 +14,12 @@ from collections.abc import Callable
 
 import jax
 
-POLICIES = ("none", "full", "dots")
+POLICIES = ("none", "full", "dots", "attention_outside")
 
 
 def remat_block(body: Callable, policy: str) -> Callable:
     """Wrap a scan body `(carry, xs) -> (carry, ys)` with the named policy."""
-    if policy == "none":
+    if policy in ("none", "attention_outside"):  # the latter is structural, inside the block
         return body
     if policy == "full":
         return jax.checkpoint(body, prevent_cse=False)

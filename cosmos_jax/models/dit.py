@@ -187,7 +187,8 @@ class DiT(nnx.Module):
 
         def body(x, block_state):
             block = nnx.merge(graphdef, block_state)
-            return block(x, emb_BD, adaln_lora_B3D, extra_1LD, rope, text_BVSE), None
+            call = block.call_attention_outside if self.cfg.remat == "attention_outside" else block
+            return call(x, emb_BD, adaln_lora_B3D, extra_1LD, rope, text_BVSE), None
 
         body = remat_block(body, self.cfg.remat)
         if self.cfg.scan_blocks:

@@ -54,7 +54,7 @@ def test_scan_equals_loop(model):
     np.testing.assert_allclose(np.asarray(loop.net(**x)), np.asarray(y_scan), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("policy", ["full", "dots"])
+@pytest.mark.parametrize("policy", ["full", "dots", "attention_outside"])
 def test_remat_same_loss_and_grads(model, policy):
     x = inputs(b=1)
     other = build.create(tiny_dit_config(remat=policy))
