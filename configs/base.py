@@ -49,6 +49,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.tokenizer = ml_collections.ConfigDict(dict(
         name="cosmos", checkpoint_dir="checkpoints/Cosmos-Tokenize1-CV8x8x8-720p", pixel_chunk_duration=57,
         latent_channels=16, temporal_compression=8, spatial_compression=8,
+        dtype="bfloat16",  # compute dtype of the Flax tokenizer (upstream casts the JIT models to bf16)
     ))
     c.diffusion = ml_collections.ConfigDict(dict(
         sigma_data=0.5, p_mean=0.0, p_std=1.0, sigma_min=0.0002, sigma_max=80.0, loss_add_logvar=True,

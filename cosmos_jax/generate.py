@@ -33,6 +33,7 @@ from cosmos_jax.data import pickles
 from cosmos_jax.data import video as video_io
 from cosmos_jax.models import tokenizer as tok
 
+T5_CONVERTED = "checkpoints/google-t5/t5-11b_orbax"  # python -m converters.t5_to_orbax --dst
 PROMPT_FLAGS = ("prompt", "prompt_left", "prompt_right", "prompt_back", "prompt_back_left", "prompt_back_right")
 
 
@@ -55,8 +56,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("seed", 1, "random seed")
     flags.DEFINE_float("fps", None, "fps given to the network (default: the condition video's)")
     flags.DEFINE_enum("weights", "ema", ["ema", "reg"], "which weights of a training job")
-    flags.DEFINE_string("t5", None, "text encoder folder (default: <dataset>/t5 if present, else "
-                        "checkpoints/google-t5/t5-11b)")
+    flags.DEFINE_string("t5", None, "text encoder folder (default: <dataset>/t5 if present, else the converted "
+                        f"{T5_CONVERTED})")
     flags.DEFINE_string("prompt_pickles", None, "comma-separated T5 pickles, one per view (instead of --t5)")
     config_flags.DEFINE_config_file("config", None, "config of a .pt / converted checkpoint's network")
 
@@ -88,13 +89,13 @@ def text_embeddings(f, config, rig: inference.Rig) -> tuple[np.ndarray, list[str
             raise ValueError(f"--prompt_pickles: {len(paths)} files for {len(rig.names)} views")
         embs = [pickles.read_embedding(p, width) for p in paths]
     else:
-        from cosmos_jax.data.synthetic_text import load_text_encoder
+        from cosmos_jax.data.embed_captions import load_encoder
 
-        t5 = f.t5 or next((d for d in (os.path.join(config.data.dataset_dir, "t5"), "checkpoints/google-t5/t5-11b")
-                           if os.path.isdir(d)), None)
+        t5 = f.t5 or next((d for d in (os.path.join(config.data.dataset_dir, "t5"), T5_CONVERTED,
+                                       "checkpoints/google-t5/t5-11b") if os.path.isdir(d)), None)
         if t5 is None:
             raise FileNotFoundError("no text encoder: pass --t5 DIR or --prompt_pickles")
-        enc = load_text_encoder(t5)
+        enc = load_encoder(t5)  # a converted T5 (converters.t5_to_orbax) or a synthetic dataset's tiny T5
         embs = enc.embed(prompts)
         if embs[0].shape[1] != width:
             raise ValueError(f"{t5}: embeddings of width {embs[0].shape[1]}, the network expects {width}")

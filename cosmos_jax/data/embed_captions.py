@@ -137,9 +137,11 @@ def read_captions(path: str, multiview: bool) -> dict[str, dict[str, str]]:
 def load_encoder(path: str):
     """A text encoder with `.embed(texts) -> list[float32 [L, D]]` (upstream's procedure), from a folder.
 
-    Recognised: the synthetic tiny T5 of `cosmos_jax.data.synthetic_text` (`spiece.model`, `config.json` with a
-    `t5_config` entry, `weights.npz` [, `proj.npy`]) in `path` or `path/t5`. Anything else is refused with a message
-    saying what was found.
+    Recognised, in `path` or `path/t5`: a T5 converted by `python -m converters.t5_to_orbax` (`config.json` with
+    `"format": "cosmos_jax.t5/1"`, `spiece.model`, `rest/`, `block_*/`; cosmos_jax/models/t5_weights.py) and the
+    synthetic tiny T5 of `cosmos_jax.data.synthetic_text` (`spiece.model`, `config.json` with a `t5_config` entry,
+    `weights.npz` [, `proj.npy`]). Anything else (a Hugging Face T5 folder included) is refused with a message saying
+    what was found.
     """
     if not os.path.isdir(path):
         raise ValueError(f"--t5 {path}: no such folder (expected a text encoder folder)")
@@ -152,17 +154,21 @@ def load_encoder(path: str):
                 meta = json.load(f)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{cfg}: not valid JSON ({e})") from e
+        from cosmos_jax.models import t5_weights
+
+        if meta.get("format") == t5_weights.FORMAT:
+            return t5_weights.load_converted(cand)
         if "t5_config" in meta and os.path.isfile(os.path.join(cand, "weights.npz")):
             from cosmos_jax.data.synthetic_text import load_text_encoder
 
             return load_text_encoder(cand)
         if meta.get("model_type") == "t5":
-            raise ValueError(f"--t5 {path}: {cfg} is a Hugging Face T5 checkpoint; cosmos_jax does not load those "
-                             "here yet: convert it to a cosmos_jax T5 folder first")
+            raise ValueError(f"--t5 {path}: {cfg} is a Hugging Face T5 checkpoint; convert it first with "
+                             f"python -m converters.t5_to_orbax --src {cand} --dst DIR, then pass --t5 DIR")
     found = sorted(os.listdir(path))[:12]
     raise ValueError(f"--t5 {path}: not a text encoder folder cosmos_jax can load (found {found}); expected "
-                     "spiece.model, config.json (with 't5_config') and weights.npz in it or in its t5/ "
-                     "subfolder (as written by cosmos_jax.data.synthetic)")
+                     "a folder written by converters.t5_to_orbax, or spiece.model, config.json (with 't5_config') "
+                     "and weights.npz (as written by cosmos_jax.data.synthetic), in it or in its t5/ subfolder")
 
 
 def _as_LD(emb, what: str) -> np.ndarray:

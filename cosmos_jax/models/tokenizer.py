@@ -12,6 +12,9 @@ frame 0, replicated 8 times, as the causal Cosmos tokenizer treats its first fra
 into one luma and two chroma channels; luma keeps the 8 coefficients of an orthonormal 2x2x2 Haar transform of its
 4x4x4 means, each chroma channel keeps its 4 coefficients of a 2x2 spatial Haar of its 4x4 (time-averaged) means:
 16 channels. Decode is the exact inverse on that subspace (piecewise-constant within the 4x4x4 cells).
+
+`cosmos`: Cosmos-Tokenize1-CV8x8x8-720p in Flax (cosmos_jax/models/cosmos_tokenizer.py) on the weights that
+`python -m converters.tokenizer_to_orbax` wrote to `tokenizer.checkpoint_dir`, run in `tokenizer.dtype`.
 """
 
 from __future__ import annotations
@@ -147,9 +150,13 @@ def from_config(config) -> Tokenizer:
     t = config.tokenizer
     if t.name == "haar":
         return haar_tokenizer(int(t.pixel_chunk_duration), float(config.diffusion.sigma_data))
-    if t.name == "cosmos":
-        raise ValueError("tokenizer.name='cosmos' needs the converted Cosmos-Tokenize1 weights (the Flax "
-                         "Cosmos tokenizer is not in this version yet); use tokenizer.name='haar' or cached latents")
+    if t.name == "cosmos":  # the Flax Cosmos-Tokenize1 network on converted weights (converters/tokenizer_to_orbax)
+        from cosmos_jax.models import cosmos_tokenizer
+
+        expect = {k: int(t[k]) for k in ("latent_channels", "temporal_compression", "spatial_compression") if k in t}
+        return cosmos_tokenizer.tokenizer(str(t.checkpoint_dir), int(t.pixel_chunk_duration),
+                                          float(config.diffusion.sigma_data), dtype=str(t.get("dtype", "bfloat16")),
+                                          expect=expect)
     raise ValueError(f"tokenizer.name={t.name!r}: expected 'haar' or 'cosmos'")
 
 
