@@ -167,6 +167,8 @@ def write_grid(out: str, gen_VFHW3: np.ndarray, rig: inference.Rig, fps: float) 
 
 def main(argv):
     del argv
+    # JAX's GPU allocator takes 75 % of the card by default; the 7B steps need more (set before first use).
+    os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")
     try:
         settings = run(flags.FLAGS)
     except (FileNotFoundError, ValueError) as e:

@@ -26,6 +26,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def main(argv):
     del argv
+    # JAX's GPU allocator takes 75 % of the card by default; the 7B steps need more (set before first use).
+    os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")
     from flax import nnx
 
     from cosmos_jax import train_state as ts

@@ -65,6 +65,8 @@ def peak_memory_gb() -> float | None:
 
 def main(argv):
     del argv
+    # JAX's GPU allocator takes 75 % of the card by default; the 7B steps need more (set before first use).
+    os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")
     from cosmos_jax import optim, sharding
     from cosmos_jax import step as step_lib
     from cosmos_jax import train_state as ts

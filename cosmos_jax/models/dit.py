@@ -178,7 +178,10 @@ class DiT(nnx.Module):
         text_BVSE = text_BVSE.astype(dt)
 
         x_BLD = self.run_blocks(x_BLD, emb_BD, adaln_lora_B3D, extra_1LD, rope, text_BVSE)
-        y_BLF = self.final_layer(x_BLD, emb_BD, adaln_lora_B3D)
+        final = self.final_layer
+        if cfg.remat != "none":  # its fp32 LayerNorm residuals are 2 x L x D x 4 bytes (1.7 GB at the seed shape)
+            final = jax.checkpoint(lambda x, e, a: self.final_layer(x, e, a), prevent_cse=False)
+        y_BLF = final(x_BLD, emb_BD, adaln_lora_B3D)
         return self._unpatchify(y_BLF.reshape(b, v, tp, hp, wp, -1)).astype(jnp.float32)
 
     def run_blocks(self, x_BLD, emb_BD, adaln_lora_B3D, extra_1LD, rope, text_BVSE):
