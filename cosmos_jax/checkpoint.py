@@ -55,16 +55,20 @@ class Manager:
         self.mngr.close()
 
 
-def export_pt(state, num_blocks: int, out_dir: str, step: int) -> tuple[str, str]:
+def export_pt(state, num_blocks: int, out_dir: str, step: int, lora_scale: float = 0.0) -> tuple[str, str]:
     """`iter_{N:09d}_reg_model.pt` (bf16, every floating tensor incl. buffers) and `_ema_model.pt` (fp32) with
-    upstream key names; loadable with torch.load(weights_only=True)."""
+    upstream key names; loadable with torch.load(weights_only=True). LoRA adapters are merged into the base."""
     from converters import keymap, pt_io
+    from cosmos_jax import lora
 
     os.makedirs(out_dir, exist_ok=True)
     host = jax.device_get({"params": state["params"], "buffers": state["buffers"], "ema": state["ema"]})
     buffers = ts.flat(host["buffers"])
-    reg = keymap.to_torch({**ts.flat(host["params"]), **buffers}, num_blocks)
-    ema = keymap.to_torch({**ts.flat(host["ema"]), **buffers}, num_blocks)
+    reg_tree, ema_tree = {**ts.flat(host["params"]), **buffers}, {**ts.flat(host["ema"]), **buffers}
+    if lora.has_lora(reg_tree):
+        reg_tree, ema_tree = lora.merge(reg_tree, lora_scale), lora.merge(ema_tree, lora_scale)
+    reg = keymap.to_torch(reg_tree, num_blocks)
+    ema = keymap.to_torch(ema_tree, num_blocks)
     reg_path = os.path.join(out_dir, f"iter_{step:09d}_reg_model.pt")
     ema_path = os.path.join(out_dir, f"iter_{step:09d}_ema_model.pt")
     pt_io.save_state_dict({k: np.asarray(v, np.float32).astype(ml_dtypes.bfloat16) for k, v in reg.items()},
@@ -98,9 +102,14 @@ def load_weights(path: str, abstract_state, shardings) -> tuple[dict, dict]:
             "  python scripts/download_checkpoints.py --checkpoint_dir checkpoints --model_types t2w,v2w\n"
             f"  python -m converters.dit_to_orbax --src <t2w_model.pt or v2w_model.pt> --dst {path}\n"
             "or set --config.checkpoint.load_path= to start from random weights.")
-    stored_flat = {p: s for p, (s, _) in base_weights.flat_metadata(path).items()}
-    want = {"params": abstract_state["params"], "buffers": abstract_state["buffers"]}
-    want_flat = {p: tuple(a.shape) for p, a in ts.flat(want).items()}
+    stored = {p: s for p, (s, _) in base_weights.flat_metadata(path).items()}
+    stored_flat = {p[1:]: s for p, s in stored.items()}  # model paths
+    where = {}  # model path -> ("params" | "buffers") in the train state
+    for top in ("params", "buffers"):
+        for p in ts.flat(abstract_state[top]):
+            if p[-1] not in ("lora_a", "lora_b"):
+                where[p] = top
+    want_flat = {p: tuple(ts.flat(abstract_state[top])[p].shape) for p, top in where.items()}
     problems = [f"missing key {'/'.join(p)} {s}" for p, s in want_flat.items() if p not in stored_flat]
     problems += [f"unexpected key {'/'.join(p)} {s}" for p, s in stored_flat.items() if p not in want_flat]
     problems += [f"shape mismatch {'/'.join(p)}: stored {stored_flat[p]}, expected {s}"
@@ -108,10 +117,15 @@ def load_weights(path: str, abstract_state, shardings) -> tuple[dict, dict]:
     if problems:
         raise WeightsMismatchError(f"{path}: base weights do not match the config's network "
                                    f"({len(problems)} problem(s)):\n  " + "\n  ".join(problems))
-    sh = {"params": shardings["params"], "buffers": shardings["buffers"]}
-    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), want)
-    restored = base_weights.restore(path, target, sh)
-    return restored["params"], restored["buffers"]
+    dtypes = {p: ts.flat(abstract_state[top])[p].dtype for p, top in where.items()}
+    shard = {p: ts.flat(shardings[top])[p] for p, top in where.items()}
+    target = ts.unflat({p: jax.ShapeDtypeStruct(stored[p], dtypes[p[1:]]) for p in stored})
+    sh = ts.unflat({p: shard[p[1:]] for p in stored})
+    restored = ts.flat(base_weights.restore(path, target, sh))
+    out = {"params": {}, "buffers": {}}
+    for p, a in restored.items():
+        out[where[p[1:]]][p[1:]] = a
+    return ts.unflat(out["params"]), ts.unflat(out["buffers"])
 
 
 def restore_job_weights(job_or_orbax_dir: str, step: int | None = None) -> tuple[int, dict]:

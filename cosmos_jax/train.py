@@ -20,7 +20,7 @@ from absl import app, flags
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from cosmos_jax import checkpoint, optim, sharding
+from cosmos_jax import checkpoint, lora, optim, sharding
 from cosmos_jax import step as step_lib
 from cosmos_jax import train_state as ts
 from cosmos_jax.data import dataset, pipeline
@@ -137,7 +137,13 @@ def train(config, progress: bool = True) -> dict:
             ckpt.save(done, state, data_iter.get_state(), {"seed": config.seed, "step": done})
             _fault("kill_during_save", done)
             if config.checkpoint.export_pt and jax.process_index() == 0:
-                checkpoint.export_pt(state, cfg_dit.num_blocks, os.path.join(jdir, "checkpoints"), done)
+                out_dir = os.path.join(jdir, "checkpoints")
+                scale = cfg_dit.lora_alpha / cfg_dit.lora_rank if cfg_dit.lora_rank else 0.0
+                checkpoint.export_pt(state, cfg_dit.num_blocks, out_dir, done, lora_scale=scale)
+                if cfg_dit.lora_rank:
+                    lora.export_adapters(ts.flat(jax.device_get(state["params"])), cfg_dit.num_blocks,
+                                         os.path.join(out_dir, f"iter_{done:09d}_lora"), cfg_dit.lora_rank,
+                                         cfg_dit.lora_alpha, cfg_dit.lora_targets)
             if validator:
                 val = validator.run(state, done)
                 writer.write(done, val, prefix="val")

@@ -130,10 +130,10 @@ def test_base_weights_start_reg_and_ema(layout, tmp_path):
 
 
 @pytest.mark.parametrize("edit,msg", [
-    (lambda p: p["net"].pop("view_embeddings"), "missing key params/net/view_embeddings"),
-    (lambda p: p["net"].__setitem__("extra_table", np.zeros(3, np.float32)), "unexpected key params/net/extra_table"),
+    (lambda p: p["net"].pop("view_embeddings"), "missing key net/view_embeddings"),
+    (lambda p: p["net"].__setitem__("extra_table", np.zeros(3, np.float32)), "unexpected key net/extra_table"),
     (lambda p: p["net"].__setitem__("view_embeddings", np.zeros((6, 6), np.float32)),
-     r"shape mismatch params/net/view_embeddings: stored \(6, 6\), expected \(7, 6\)"),
+     r"shape mismatch net/view_embeddings: stored \(6, 6\), expected \(7, 6\)"),
 ])
 def test_non_strict_base_weights_are_refused(layout, tmp_path, edit, msg):
     c, cfg, tx, mesh, abstract, shardings = layout

@@ -21,18 +21,29 @@ from cosmos_jax.models.embeddings import apply_rope
 from cosmos_jax.models.layers import AdaLNModulation, Dense, RMSNorm, layer_norm, modulate, zeros
 
 
+def lora_for(lora, key: str) -> tuple[int, float] | None:
+    """(rank, alpha) if `key` (an upstream name inside a block, e.g. "blocks.0.block.attn.to_q") matches one of the
+    targets as a dotted suffix ("to_q", "attn.to_q", "blocks.1.block.attn.to_k", "layer1"), else None."""
+    if not lora or not lora[0]:
+        return None
+    rank, alpha, targets = lora
+    return (rank, alpha) if any(key == t or key.endswith("." + t) for t in targets) else None
+
+
 class Attention(nnx.Module):
     """q/k/v/out projections without bias, per-head RMSNorm on q and k, optional RoPE (self-attention only)."""
 
-    def __init__(self, dim: int, context_dim: int, num_heads: int, *, rngs: nnx.Rngs, dtype, impl: str):
+    def __init__(self, dim: int, context_dim: int, num_heads: int, *, rngs: nnx.Rngs, dtype, impl: str,
+                 lora=None, key: str = ""):
         self.num_heads, self.head_dim, self.impl = num_heads, dim // num_heads, impl
         kv_axis = "embed" if context_dim == dim else "kv_embed"
-        self.to_q = Dense(dim, dim, ("embed", "heads"), rngs=rngs, dtype=dtype)
+        ad = lambda name: lora_for(lora, f"{key}.{name}")  # noqa: E731
+        self.to_q = Dense(dim, dim, ("embed", "heads"), rngs=rngs, dtype=dtype, lora=ad("to_q"))
         self.q_norm = RMSNorm(self.head_dim, "norm", rngs=rngs)
-        self.to_k = Dense(context_dim, dim, (kv_axis, "heads"), rngs=rngs, dtype=dtype)
+        self.to_k = Dense(context_dim, dim, (kv_axis, "heads"), rngs=rngs, dtype=dtype, lora=ad("to_k"))
         self.k_norm = RMSNorm(self.head_dim, "norm", rngs=rngs)
-        self.to_v = Dense(context_dim, dim, (kv_axis, "heads"), rngs=rngs, dtype=dtype)
-        self.to_out = Dense(dim, dim, ("heads", "embed"), rngs=rngs, dtype=dtype)
+        self.to_v = Dense(context_dim, dim, (kv_axis, "heads"), rngs=rngs, dtype=dtype, lora=ad("to_v"))
+        self.to_out = Dense(dim, dim, ("heads", "embed"), rngs=rngs, dtype=dtype, lora=ad("to_out"))
 
     def qkv(self, x_BLD: jax.Array, context_BSE: jax.Array | None = None, rope=None):
         """Projections, per-head q/k RMSNorm, then RoPE on q and k (self-attention only)."""
@@ -57,9 +68,11 @@ class Attention(nnx.Module):
 class MLP(nnx.Module):
     """GPT2FeedForward: Linear(D, 4D) -> exact GELU -> Linear(4D, D), no bias."""
 
-    def __init__(self, dim: int, hidden: int, *, rngs: nnx.Rngs, dtype):
-        self.layer1 = Dense(dim, hidden, ("embed", "mlp"), rngs=rngs, dtype=dtype)
-        self.layer2 = Dense(hidden, dim, ("mlp", "embed"), rngs=rngs, dtype=dtype)
+    def __init__(self, dim: int, hidden: int, *, rngs: nnx.Rngs, dtype, lora=None):
+        self.layer1 = Dense(dim, hidden, ("embed", "mlp"), rngs=rngs, dtype=dtype,
+                            lora=lora_for(lora, "blocks.2.block.layer1"))
+        self.layer2 = Dense(hidden, dim, ("mlp", "embed"), rngs=rngs, dtype=dtype,
+                            lora=lora_for(lora, "blocks.2.block.layer2"))
 
     def __call__(self, x_BLD: jax.Array) -> jax.Array:
         return self.layer2(jax.nn.gelu(self.layer1(x_BLD), approximate=False))
@@ -74,9 +87,10 @@ def _gated(adaln: AdaLNModulation, x_BLD, emb_BD, adaln_lora_B3D, op):
 class SelfAttnBlock(nnx.Module):
     """FA: joint self-attention over the tokens of all views (the only cross-view mixing)."""
 
-    def __init__(self, dim, num_heads, lora_dim, *, rngs, dtype, impl):
+    def __init__(self, dim, num_heads, lora_dim, *, rngs, dtype, impl, lora=None):
         self.adaln = AdaLNModulation(dim, lora_dim, 3, rngs=rngs, dtype=dtype, zero_init=True)
-        self.attn = Attention(dim, dim, num_heads, rngs=rngs, dtype=dtype, impl=impl)
+        self.attn = Attention(dim, dim, num_heads, rngs=rngs, dtype=dtype, impl=impl, lora=lora,
+                              key="blocks.0.block.attn")
 
     def __call__(self, x_BLD, emb_BD, adaln_lora_B3D, rope):
         return _gated(self.adaln, x_BLD, emb_BD, adaln_lora_B3D, lambda h: self.attn(h, rope=rope))
@@ -85,9 +99,10 @@ class SelfAttnBlock(nnx.Module):
 class CrossAttnBlock(nnx.Module):
     """CA: view v's tokens attend only to its own S text tokens (upstream reshapes views into the batch)."""
 
-    def __init__(self, dim, context_dim, num_heads, lora_dim, *, rngs, dtype, impl):
+    def __init__(self, dim, context_dim, num_heads, lora_dim, *, rngs, dtype, impl, lora=None):
         self.adaln = AdaLNModulation(dim, lora_dim, 3, rngs=rngs, dtype=dtype, zero_init=True)
-        self.attn = Attention(dim, context_dim, num_heads, rngs=rngs, dtype=dtype, impl=impl)
+        self.attn = Attention(dim, context_dim, num_heads, rngs=rngs, dtype=dtype, impl=impl, lora=lora,
+                              key="blocks.1.block.attn")
 
     def __call__(self, x_BLD, emb_BD, adaln_lora_B3D, text_BVSE):
         b, v, s, e = text_BVSE.shape
@@ -101,9 +116,9 @@ class CrossAttnBlock(nnx.Module):
 
 
 class MLPBlock(nnx.Module):
-    def __init__(self, dim, hidden, lora_dim, *, rngs, dtype):
+    def __init__(self, dim, hidden, lora_dim, *, rngs, dtype, lora=None):
         self.adaln = AdaLNModulation(dim, lora_dim, 3, rngs=rngs, dtype=dtype, zero_init=True)
-        self.mlp = MLP(dim, hidden, rngs=rngs, dtype=dtype)
+        self.mlp = MLP(dim, hidden, rngs=rngs, dtype=dtype, lora=lora)
 
     def __call__(self, x_BLD, emb_BD, adaln_lora_B3D):
         return _gated(self.adaln, x_BLD, emb_BD, adaln_lora_B3D, self.mlp)
@@ -112,10 +127,10 @@ class MLPBlock(nnx.Module):
 class TransformerBlock(nnx.Module):
     """FA -> CA -> MLP, preceded by the extra per-block sin/cos embedding ("FA-CA-MLP", upstream blocks.0-2)."""
 
-    def __init__(self, dim, context_dim, num_heads, mlp_ratio, lora_dim, *, rngs, dtype, impl):
-        self.fa = SelfAttnBlock(dim, num_heads, lora_dim, rngs=rngs, dtype=dtype, impl=impl)
-        self.ca = CrossAttnBlock(dim, context_dim, num_heads, lora_dim, rngs=rngs, dtype=dtype, impl=impl)
-        self.mlp = MLPBlock(dim, int(dim * mlp_ratio), lora_dim, rngs=rngs, dtype=dtype)
+    def __init__(self, dim, context_dim, num_heads, mlp_ratio, lora_dim, *, rngs, dtype, impl, lora=None):
+        self.fa = SelfAttnBlock(dim, num_heads, lora_dim, rngs=rngs, dtype=dtype, impl=impl, lora=lora)
+        self.ca = CrossAttnBlock(dim, context_dim, num_heads, lora_dim, rngs=rngs, dtype=dtype, impl=impl, lora=lora)
+        self.mlp = MLPBlock(dim, int(dim * mlp_ratio), lora_dim, rngs=rngs, dtype=dtype, lora=lora)
 
     def __call__(self, x_BLD, emb_BD, adaln_lora_B3D, extra_pos_1LD, rope, text_BVSE):
         if extra_pos_1LD is not None:

@@ -12,7 +12,14 @@ from cosmos_jax.models.dit import DiffusionNet, DiTConfig
 def dit_config(config) -> DiTConfig:
     """DiTConfig from a full experiment config (`config.model` plus the top-level `remat`)."""
     model = dict(config.model.items())
-    return DiTConfig.from_config({**model, "remat": config.get("remat", "none")})
+    lora = config.get("lora", None)
+    extra = {}
+    if lora is not None and int(lora.get("rank", 0)) > 0:
+        if not lora.get("targets"):
+            raise ValueError("config.lora.rank > 0 needs config.lora.targets (upstream names, e.g. to_q, layer1)")
+        extra = {"lora_rank": int(lora.rank), "lora_alpha": float(lora.alpha or lora.rank),
+                 "lora_targets": tuple(lora.targets)}
+    return DiTConfig.from_config({**model, "remat": config.get("remat", "none"), **extra})
 
 
 def create(cfg: DiTConfig, seed: int = 0) -> DiffusionNet:
@@ -27,21 +34,26 @@ def abstract(cfg: DiTConfig) -> DiffusionNet:
         return nnx.eval_shape(lambda: DiffusionNet(cfg, rngs=nnx.Rngs(0)))
 
 
+def _base_vars(model: nnx.Module):
+    """Every Param and Buffer but LoRA adapters (the upstream network's tensors)."""
+    return [(tuple(map(str, p)), v) for p, v in nnx.to_flat_state(nnx.state(model))
+            if not isinstance(v, nnx.LoRAParam)]
+
+
 def flat_shapes(model: nnx.Module) -> dict[tuple[str, ...], tuple[int, ...]]:
-    """{path: shape} of every Param and Buffer."""
-    return {tuple(map(str, p)): tuple(v.get_value().shape) for p, v in nnx.to_flat_state(nnx.state(model))}
+    """{path: shape} of every Param and Buffer (LoRA adapters excluded)."""
+    return {p: tuple(v.get_value().shape) for p, v in _base_vars(model)}
 
 
 def flat_arrays(model: nnx.Module) -> dict[tuple[str, ...], np.ndarray]:
-    """{path: numpy array} of every Param and Buffer."""
-    return {tuple(map(str, p)): np.asarray(jax.device_get(v.get_value()))
-            for p, v in nnx.to_flat_state(nnx.state(model))}
+    """{path: numpy array} of every Param and Buffer (LoRA adapters excluded)."""
+    return {p: np.asarray(jax.device_get(v.get_value())) for p, v in _base_vars(model)}
 
 
 def load_flat(model: nnx.Module, tree: dict[tuple[str, ...], np.ndarray]) -> None:
     """Write {path: array} into the model in place (paths and shapes must match exactly)."""
     state = nnx.state(model)
-    flat = dict(nnx.to_flat_state(state))
+    flat = {p: v for p, v in nnx.to_flat_state(state) if not isinstance(v, nnx.LoRAParam)}
     missing = sorted(set(map(lambda p: tuple(map(str, p)), flat)) ^ set(tree))
     if missing:
         raise ValueError(f"tree paths differ from the model's: {missing[:10]}")

@@ -57,6 +57,10 @@ class DiTConfig:
     attention_impl: str = "auto"
     scan_blocks: bool = True
     remat: str = "none"
+    # LoRA adapters on the block linears named (by upstream key) in lora_targets; rank 0 = full fine-tune.
+    lora_rank: int = 0
+    lora_alpha: float = 0.0
+    lora_targets: tuple[str, ...] = ()
 
     @property
     def head_dim(self) -> int:
@@ -104,7 +108,8 @@ class DiT(nnx.Module):
         @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
         def make_blocks(r: nnx.Rngs) -> TransformerBlock:
             return TransformerBlock(d, cfg.crossattn_emb_channels, cfg.num_heads, cfg.mlp_ratio, cfg.adaln_lora_dim,
-                                    rngs=r, dtype=dt, impl=cfg.attention_impl)
+                                    rngs=r, dtype=dt, impl=cfg.attention_impl,
+                                    lora=(cfg.lora_rank, cfg.lora_alpha, tuple(cfg.lora_targets)))
 
         self.blocks = make_blocks(rngs)
         self.final_layer = FinalLayer(d, cfg.patch_out_features, cfg.adaln_lora_dim, rngs=rngs, dtype=dt)

@@ -45,16 +45,32 @@ def normal(std: float) -> Initializer:
 class Dense(nnx.Module):
     """Bias-free linear layer `y = x @ kernel` with an fp32 kernel [in, out] used in `dtype`.
 
-    The kernel is torch's `Linear.weight` transposed (see converters/keymap.py).
+    The kernel is torch's `Linear.weight` transposed (see converters/keymap.py). With `lora=(rank, alpha)` it also
+    carries a low-rank adapter (`nnx.LoRAParam`): y += (alpha / rank) (x @ lora_a) @ lora_b, lora_b zero-initialised
+    so the adapted layer starts as the base layer.
     """
 
     def __init__(self, in_features: int, out_features: int, axes: tuple[str | None, str | None], *,
-                 rngs: nnx.Rngs, dtype=jnp.float32, init: Initializer = xavier_uniform):
+                 rngs: nnx.Rngs, dtype=jnp.float32, init: Initializer = xavier_uniform,
+                 lora: tuple[int, float] | None = None):
         self.kernel = param(rngs, init, (in_features, out_features), axes)
         self.dtype = dtype
+        self.lora_scale = 0.0
+        if lora and lora[0] > 0:
+            rank, alpha = lora
+            self.lora_scale = float(alpha) / rank
+            a_init = nnx.with_partitioning(normal(1.0 / rank), (axes[0], None))
+            b_init = nnx.with_partitioning(zeros, (None, axes[1]))
+            self.lora_a = nnx.LoRAParam(a_init(rngs.params(), (in_features, rank), jnp.float32))
+            self.lora_b = nnx.LoRAParam(b_init(rngs.params(), (rank, out_features), jnp.float32))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return jnp.einsum("...i,io->...o", x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        x = x.astype(self.dtype)
+        y = jnp.einsum("...i,io->...o", x, self.kernel[...].astype(self.dtype))
+        if self.lora_scale:
+            a, b = self.lora_a[...].astype(self.dtype), self.lora_b[...].astype(self.dtype)
+            y = y + self.lora_scale * jnp.einsum("...r,ro->...o", jnp.einsum("...i,ir->...r", x, a), b)
+        return y
 
 
 class RMSNorm(nnx.Module):
