@@ -68,7 +68,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.ema = ml_collections.ConfigDict(dict(enabled=True, s=0.1))
     # Validation samples at each save: view extension of a held-out clip from the EMA weights.
     c.samples = ml_collections.ConfigDict(dict(enabled=True, num_steps=35, guidance=7.0))
-    c.lora = ml_collections.ConfigDict(dict(rank=0, alpha=0.0, targets=[]))
+    c.lora = ml_collections.ConfigDict(dict(rank=0, alpha=0.0, targets=()))  # targets: upstream names
     c.checkpoint = ml_collections.ConfigDict(dict(
         save_iter=200, max_to_keep=3, export_pt=True, load_path="",
     ))

@@ -42,6 +42,8 @@ def model_flops_per_sample(m, views: int, t: int, h: int, w: int, text_tokens: i
     self_attn = 4 * tokens * tokens * d * nb
     cross_attn = 4 * tokens * text_tokens * d * nb
     patch = 2 * tokens * (m.patch_in_features + m.patch_out_features) * d
+    if getattr(m, "lora_rank", 0):  # frozen weights need no weight gradients: 3 x attention + 2 x linear forward
+        return 3.0 * (self_attn + cross_attn) + 2.0 * (linears + text_kv + patch)
     return 3.0 * (linears + text_kv + self_attn + cross_attn + patch)
 
 
@@ -108,12 +110,14 @@ def main(argv):
     step_time = statistics.median(times[1:])
     flops = model_flops_per_sample(cfg, views, t_lat, h_lat, w_lat) * batch
     result = {
-        "name": f.name or f"train_{cfg.num_blocks}blocks_remat-{config.remat}", "mode": "full",
+        "name": f.name or f"train_{cfg.num_blocks}blocks_remat-{config.remat}{'_lora' if cfg.lora_rank else ''}",
+        "mode": "lora" if cfg.lora_rank else "full",
         "num_devices": ndev, "card": jax.devices()[0].device_kind, "date": datetime.date.today().isoformat(),
         "command": " ".join(["python", "scripts/bench_train.py", *sys.argv[1:]]),
         "config": {"num_blocks": cfg.num_blocks, "remat": config.remat, "mesh": [list(a) for a in config.mesh],
                    "batch_size": batch, "dtype": cfg.dtype, "attention_impl": cfg.attention_impl,
-                   "scan_blocks": cfg.scan_blocks},
+                   "scan_blocks": cfg.scan_blocks, "lora_rank": cfg.lora_rank,
+                   "lora_targets": list(cfg.lora_targets)},
         "tokens_per_sample": views * (t_lat // cfg.patch_temporal) * (h_lat // 2) * (w_lat // 2),
         "step_time_s": step_time, "step_times_s": times, "samples_per_s": batch / step_time,
         "model_tflops_per_step": flops / 1e12, "mfu": flops / step_time / (PEAK * ndev),

@@ -61,7 +61,7 @@ def lora_run(tmp_path_factory):
     c = demo.get_config()
     c.model.update(dict(model_channels=32, num_blocks=2, num_heads=2, crossattn_emb_channels=8, adaln_lora_dim=8,
                         dtype="bfloat16"))
-    c.lora.rank, c.lora.alpha, c.lora.targets = 4, 8.0, list(TARGETS)
+    c.lora.rank, c.lora.alpha, c.lora.targets = 4, 8.0, TARGETS
     cfg = build.dit_config(c)
     tx = optim.make(c)
     mesh = sharding.make_mesh(c.mesh, devices=jax.devices()[:1])
