@@ -104,12 +104,13 @@ def load_weights(path: str, abstract_state, shardings) -> tuple[dict, dict]:
             "or set --config.checkpoint.load_path= to start from random weights.")
     stored = {p: s for p, (s, _) in base_weights.flat_metadata(path).items()}
     stored_flat = {p[1:]: s for p, s in stored.items()}  # model paths
-    where = {}  # model path -> ("params" | "buffers") in the train state
+    where, want, shard = {}, {}, {}  # model path -> ("params" | "buffers"), abstract leaf, sharding
     for top in ("params", "buffers"):
-        for p in ts.flat(abstract_state[top]):
+        leaves, shs = ts.flat(abstract_state[top]), ts.flat(shardings[top])
+        for p, a in leaves.items():
             if p[-1] not in ("lora_a", "lora_b"):
-                where[p] = top
-    want_flat = {p: tuple(ts.flat(abstract_state[top])[p].shape) for p, top in where.items()}
+                where[p], want[p], shard[p] = top, a, shs[p]
+    want_flat = {p: tuple(a.shape) for p, a in want.items()}
     problems = [f"missing key {'/'.join(p)} {s}" for p, s in want_flat.items() if p not in stored_flat]
     problems += [f"unexpected key {'/'.join(p)} {s}" for p, s in stored_flat.items() if p not in want_flat]
     problems += [f"shape mismatch {'/'.join(p)}: stored {stored_flat[p]}, expected {s}"
@@ -117,9 +118,7 @@ def load_weights(path: str, abstract_state, shardings) -> tuple[dict, dict]:
     if problems:
         raise WeightsMismatchError(f"{path}: base weights do not match the config's network "
                                    f"({len(problems)} problem(s)):\n  " + "\n  ".join(problems))
-    dtypes = {p: ts.flat(abstract_state[top])[p].dtype for p, top in where.items()}
-    shard = {p: ts.flat(shardings[top])[p] for p, top in where.items()}
-    target = ts.unflat({p: jax.ShapeDtypeStruct(stored[p], dtypes[p[1:]]) for p in stored})
+    target = ts.unflat({p: jax.ShapeDtypeStruct(stored[p], want[p[1:]].dtype) for p in stored})
     sh = ts.unflat({p: shard[p[1:]] for p in stored})
     restored = ts.flat(base_weights.restore(path, target, sh))
     out = {"params": {}, "buffers": {}}

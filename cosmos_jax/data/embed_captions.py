@@ -36,14 +36,13 @@ import argparse
 import csv
 import json
 import os
-import pickle
 import sys
 import time
 from collections.abc import Sequence
 
 import numpy as np
 
-from cosmos_jax.data import layout
+from cosmos_jax.data import layout, pickles
 from cosmos_jax.data.layout import PREFIX_SENTENCES, VIEW_KEYS
 
 PICKLE_PROTOCOL = 4
@@ -181,11 +180,7 @@ def _as_LD(emb, what: str) -> np.ndarray:
 
 
 def _dump(path: str, obj) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        pickle.dump(obj, f, protocol=PICKLE_PROTOCOL)
-    os.replace(tmp, path)
+    pickles.dump(path, obj, PICKLE_PROTOCOL)
 
 
 # --------------------------------------------------------------------------------------------------------------------

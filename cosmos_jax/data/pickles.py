@@ -119,6 +119,15 @@ def caption_candidates(dataset_dir: str, view: str, clip_stem: str) -> list[str]
     return [base + ".pkl", base + ".pickle"]
 
 
+def dump(path: str, obj, protocol: int = 4) -> None:
+    """Pickle `obj` to `path` atomically (temporary file in the same folder, then rename), creating the folder."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        pickle.dump(obj, f, protocol=protocol)
+    os.replace(tmp, path)
+
+
 def pad_tokens(emb_LD: np.ndarray, length: int = 512) -> tuple[np.ndarray, np.ndarray]:
     """Zero-pad or truncate to `length` tokens; returns (embedding [length, D], mask [length])."""
     n = min(emb_LD.shape[0], length)

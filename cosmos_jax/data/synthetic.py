@@ -40,13 +40,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pickle
 import time
 from collections.abc import Sequence
 
 import numpy as np
 
-from cosmos_jax.data import layout
+from cosmos_jax.data import layout, pickles
 from cosmos_jax.data.layout import VIEW_KEYS
 from cosmos_jax.data.synthetic_render import render, render_clip
 from cosmos_jax.data.synthetic_scene import (
@@ -103,11 +102,7 @@ MP4_GOP = 10
 # Writing
 
 def _dump(path: str, obj) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        pickle.dump(obj, f, protocol=PICKLE_PROTOCOL)
-    os.replace(tmp, path)
+    pickles.dump(path, obj, PICKLE_PROTOCOL)
 
 
 def _write_json(path: str, obj) -> None:
