@@ -19,7 +19,7 @@ import ml_dtypes
 import numpy as np
 import orbax.checkpoint as ocp
 
-from cosmos_jax import base_weights
+from cosmos_jax import base_weights, sharding
 from cosmos_jax import train_state as ts
 
 log = logging.getLogger(__name__)
@@ -55,14 +55,17 @@ class Manager:
         self.mngr.close()
 
 
-def export_pt(state, num_blocks: int, out_dir: str, step: int, lora_scale: float = 0.0) -> tuple[str, str]:
+def export_pt(state, num_blocks: int, out_dir: str, step: int, lora_scale: float = 0.0) -> tuple[str, str] | None:
     """`iter_{N:09d}_reg_model.pt` (bf16, every floating tensor incl. buffers) and `_ema_model.pt` (fp32) with
-    upstream key names; loadable with torch.load(weights_only=True). LoRA adapters are merged into the base."""
+    upstream key names; loadable with torch.load(weights_only=True). LoRA adapters are merged into the base.
+    Multi-process: every process calls it (the arrays are gathered), process 0 writes; others return None."""
     from converters import keymap, pt_io
     from cosmos_jax import lora
 
+    host = sharding.to_host({"params": state["params"], "buffers": state["buffers"], "ema": state["ema"]})
+    if jax.process_index() != 0:
+        return None
     os.makedirs(out_dir, exist_ok=True)
-    host = jax.device_get({"params": state["params"], "buffers": state["buffers"], "ema": state["ema"]})
     buffers = ts.flat(host["buffers"])
     reg_tree, ema_tree = {**ts.flat(host["params"]), **buffers}, {**ts.flat(host["ema"]), **buffers}
     if lora.has_lora(reg_tree):

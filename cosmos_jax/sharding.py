@@ -17,6 +17,8 @@ from flax import nnx
 from jax.sharding import AxisType, Mesh
 
 MESH_AXES = ("data", "fsdp", "context")
+BATCH_AXES = ("data", "fsdp")  # the batch is split over these: one sample per data-parallel device
+CONTEXT_AXIS = "context"  # the token sequence is split over this (Ulysses attention: models/context_parallel.py)
 
 # logical name -> mesh axes. Parameters shard their width over (fsdp, context): context devices hold shards too.
 LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
@@ -62,6 +64,13 @@ def make_mesh(mesh_spec: Sequence[Sequence], devices: Sequence[jax.Device] | Non
     return jax.make_mesh(sizes, names, axis_types=(AxisType.Auto,) * len(names), devices=devices)
 
 
+# logical activation axes -> mesh axes (used by `constrain`)
+ACTIVATION_RULES: dict[str, str | tuple[str, ...] | None] = {
+    "act_batch": BATCH_AXES,
+    "act_length": CONTEXT_AXIS,
+}
+
+
 @contextlib.contextmanager
 def activate(mesh: Mesh):
     """Set the mesh and the logical rules: build models, states and steps inside this."""
@@ -69,10 +78,53 @@ def activate(mesh: Mesh):
         yield mesh
 
 
+def current_mesh():
+    """The mesh set by `activate` (abstract inside jit), or None outside any mesh."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return None if mesh.empty else mesh
+
+
+def axis_size(name: str) -> int:
+    """Size of a mesh axis in the active mesh (1 without one)."""
+    mesh = current_mesh()
+    return 1 if mesh is None or name not in mesh.axis_names else int(mesh.shape[name])
+
+
+def activation_spec(shape: Sequence[int], logical: Sequence[str | None]) -> jax.sharding.PartitionSpec:
+    """PartitionSpec of an activation from its logical axes; an axis whose size the mesh axes do not divide
+    (e.g. a batch of 1 for generation on 4 GPUs) stays unsplit."""
+    mesh = current_mesh()
+    out = []
+    for dim, name in zip(shape, logical, strict=True):
+        axes = ACTIVATION_RULES.get(name) if name else None
+        if axes is not None:
+            size = int(np.prod([mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes)]))
+            axes = axes if size > 1 and dim % size == 0 else None
+        out.append(axes)
+    return jax.sharding.PartitionSpec(*out)
+
+
+def constrain(x: jax.Array, *logical: str | None) -> jax.Array:
+    """Pin an activation's sharding by logical axis names ("act_batch", "act_length", None); no-op without a
+    mesh."""
+    if current_mesh() is None:
+        return x
+    return jax.lax.with_sharding_constraint(x, activation_spec(x.shape, logical))
+
+
+def gather(w: jax.Array) -> jax.Array:
+    """A parameter all-gathered for use (FSDP / ZeRO-3): called inside the block so that the gather is redone in
+    the rematerialised backward instead of the gathered copy being stored; its transpose is a reduce-scatter of
+    the gradient. No-op without a mesh."""
+    if current_mesh() is None:
+        return w
+    return jax.lax.with_sharding_constraint(w, jax.sharding.PartitionSpec())
+
+
 def batch_sharding(mesh: Mesh, leading_axes: int = 0) -> jax.sharding.NamedSharding:
     """Batch arrays split over (data, fsdp) on their batch axis (after `leading_axes` unsplit axes, e.g. the
     micro-batch axis); every device of a context group sees the same sample."""
-    spec = (None,) * leading_axes + (("data", "fsdp"),)
+    spec = (None,) * leading_axes + (BATCH_AXES,)
     return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))
 
 
@@ -81,12 +133,36 @@ def replicated(mesh: Mesh) -> jax.sharding.NamedSharding:
 
 
 def data_rank(mesh: Mesh, global_batch: int) -> tuple[int, int]:
-    """(rank, count) of this process among the readers of the global batch: each process reads the samples of
-    its own devices."""
-    del mesh, global_batch
-    return jax.process_index(), jax.process_count()
+    """(rank, count) of this process among the readers of the global batch: rank r of n reads rows
+    [r * B/n, (r + 1) * B/n). The rows are those the batch sharding puts on this process's devices, so it is the
+    data-parallel group that decides, not `jax.process_index()`: processes whose devices form one context group
+    (and so need the same sample) get the same rank."""
+    index = batch_sharding(mesh).addressable_devices_indices_map((global_batch,))
+    rows = sorted({r for (sl,) in index.values() for r in range(*sl.indices(global_batch))})
+    if rows != list(range(rows[0], rows[0] + len(rows))) or global_batch % len(rows) or rows[0] % len(rows):
+        raise ValueError(f"process {jax.process_index()} holds batch rows {rows} of {global_batch}: expected one "
+                         f"contiguous aligned block (check config.mesh against the processes' devices)")
+    return rows[0] // len(rows), global_batch // len(rows)
 
 
-def put_batch(host_batch: dict, sh: jax.sharding.NamedSharding) -> dict:
-    """This process's part of the batch (numpy) -> global jax arrays with the batch sharding."""
-    return {k: jax.make_array_from_process_local_data(sh, np.asarray(v)) for k, v in host_batch.items()}
+def put_batch(host_batch: dict, sh: jax.sharding.NamedSharding, global_batch: int | None = None) -> dict:
+    """This process's rows of the batch (numpy, batch on axis `leading_axes`) -> global jax arrays."""
+    axis = len(sh.spec) - 1
+    out = {}
+    for k, v in host_batch.items():
+        v = np.asarray(v)
+        shape = v.shape if global_batch is None else v.shape[:axis] + (global_batch,) + v.shape[axis + 1:]
+        out[k] = jax.make_array_from_process_local_data(sh, v, shape)
+    return out
+
+
+def to_host(tree):
+    """Numpy copies of (possibly multi-process) arrays, leaf by leaf. Every process must call it (arrays sharded
+    over other processes' devices are all-gathered); only one leaf at a time is gathered whole."""
+    from jax.experimental import multihost_utils
+
+    def one(a):
+        if not isinstance(a, jax.Array) or a.is_fully_addressable:
+            return np.asarray(jax.device_get(a))
+        return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+    return jax.tree.map(one, tree)

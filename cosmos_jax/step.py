@@ -11,6 +11,7 @@ view_idx [A, B, V]; fps [A, B]; frame_repeat [A, B, V].
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -129,6 +130,14 @@ def train_step(state, batch, key, *, graphdef, tx: optax.GradientTransformation,
     new_state = {**state, "step": state["step"] + 1, "params": params, "opt_state": opt_state, "ema": ema}
     metrics.update(grad_norm=grad_norm, nonfinite_grads=nonfinite)
     return new_state, metrics
+
+
+def jit_train_step(state_shardings, batch_sharding, *, graphdef, tx, cfg: StepConfig, tokenizer):
+    """`train_step` jitted with the state's shardings in and out and the state donated. Trace and call it under
+    `sharding.activate(mesh)`: the model reads the mesh for its activation splits and Ulysses attention."""
+    step = functools.partial(train_step, graphdef=graphdef, tx=tx, cfg=cfg, tokenizer=tokenizer)
+    return jax.jit(step, in_shardings=(state_shardings, batch_sharding, None),
+                   out_shardings=(state_shardings, None), donate_argnums=(0,))
 
 
 VAL_SIGMAS = (0.05, 0.2, 0.5, 1.0, 2.0, 5.0)

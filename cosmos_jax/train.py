@@ -7,7 +7,6 @@ state (restore, base weights or fresh), the jitted step, the loop (log, save + e
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -20,7 +19,7 @@ from absl import app, flags
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from cosmos_jax import checkpoint, lora, optim, sharding
+from cosmos_jax import checkpoint, distributed, lora, optim, sharding
 from cosmos_jax import step as step_lib
 from cosmos_jax import train_state as ts
 from cosmos_jax.data import dataset, pipeline
@@ -62,10 +61,17 @@ def quiet_libraries() -> None:
 
 
 def train(config, progress: bool = True) -> dict:
-    """Run (or resume) the job; returns the final metrics."""
+    """Run (or resume) the job; returns the final metrics. Multi-process: call `distributed.maybe_initialize`
+    first (the CLI does), then every process runs this."""
     quiet_libraries()
-    # ---- config and job directory ------------------------------------------------------------------------
     config = config.copy_and_resolve_references()
+    mesh = sharding.make_mesh(config.mesh)
+    with sharding.activate(mesh):  # the model's activation constraints and Ulysses attention read this mesh
+        return _train(config, mesh, progress)
+
+
+def _train(config, mesh, progress: bool) -> dict:
+    # ---- config and job directory ------------------------------------------------------------------------
     jdir = job_dir(config)
     os.makedirs(jdir, exist_ok=True)
     if jax.process_index() == 0:
@@ -73,8 +79,7 @@ def train(config, progress: bool = True) -> dict:
             f.write(config.to_json_best_effort(indent=2))
     cfg_dit = build.dit_config(config)
     step_cfg = step_lib.StepConfig.from_config(config)
-    # ---- mesh and data -----------------------------------------------------------------------------------
-    mesh = sharding.make_mesh(config.mesh)
+    # ---- data: each process reads the rows of its data-parallel group(s) ------------------------------------
     batch = global_batch(config, mesh)
     spec = dataset.DataSpec.from_config(config)
     tokenizer = tok.from_config(config)
@@ -101,9 +106,8 @@ def train(config, progress: bool = True) -> dict:
             log.info("started from base weights %s", config.checkpoint.load_path)
     # ---- the jitted step -----------------------------------------------------------------------------------
     batch_sh = sharding.batch_sharding(mesh, leading_axes=1)
-    train_step = jax.jit(
-        functools.partial(step_lib.train_step, graphdef=graphdef, tx=tx, cfg=step_cfg, tokenizer=tokenizer),
-        in_shardings=(shardings, batch_sh, None), out_shardings=(shardings, None), donate_argnums=(0,))
+    train_step = step_lib.jit_train_step(shardings, batch_sh, graphdef=graphdef, tx=tx, cfg=step_cfg,
+                                         tokenizer=tokenizer)
     schedule = optim.schedule(config)
     validator = Validator.maybe(config, graphdef, tokenizer, step_cfg, mesh, jdir)
     writer = metrics_lib.MetricWriter(jdir)
@@ -120,7 +124,7 @@ def train(config, progress: bool = True) -> dict:
         skipped += int(sum(int(np.sum(m["skipped"])) for m in micro))
         first_window = int(micro[0]["window"][0])
         host = {k: np.stack([m[k] for m in micro]) for k in STEP_KEYS if k in micro[0]}
-        state, m = train_step(state, sharding.put_batch(host, batch_sh), jax.random.fold_in(base_key, it))
+        state, m = train_step(state, sharding.put_batch(host, batch_sh, batch), jax.random.fold_in(base_key, it))
         _fault("kill_after_step", it + 1)
         done = it + 1
         if done % config.log_every == 0 or done == config.max_iter:
@@ -136,14 +140,16 @@ def train(config, progress: bool = True) -> dict:
         if done % config.checkpoint.save_iter == 0 or done == config.max_iter:
             ckpt.save(done, state, data_iter.get_state(), {"seed": config.seed, "step": done})
             _fault("kill_during_save", done)
-            if config.checkpoint.export_pt and jax.process_index() == 0:
+            if config.checkpoint.export_pt:  # every process takes part in the gather; process 0 writes
                 out_dir = os.path.join(jdir, "checkpoints")
                 scale = cfg_dit.lora_alpha / cfg_dit.lora_rank if cfg_dit.lora_rank else 0.0
                 checkpoint.export_pt(state, cfg_dit.num_blocks, out_dir, done, lora_scale=scale)
                 if cfg_dit.lora_rank:
-                    lora.export_adapters(ts.flat(jax.device_get(state["params"])), cfg_dit.num_blocks,
-                                         os.path.join(out_dir, f"iter_{done:09d}_lora"), cfg_dit.lora_rank,
-                                         cfg_dit.lora_alpha, cfg_dit.lora_targets)
+                    adapters = ts.flat(sharding.to_host(state["params"]))
+                    if jax.process_index() == 0:
+                        lora.export_adapters(adapters, cfg_dit.num_blocks,
+                                             os.path.join(out_dir, f"iter_{done:09d}_lora"), cfg_dit.lora_rank,
+                                             cfg_dit.lora_alpha, cfg_dit.lora_targets)
             if validator:
                 val = validator.run(state, done)
                 writer.write(done, val, prefix="val")
@@ -151,9 +157,10 @@ def train(config, progress: bool = True) -> dict:
     bar.close()
     ckpt.close()
     writer.close()
-    plot = metrics_lib.plot_losses(os.path.join(jdir, "metrics.jsonl"), os.path.join(jdir, "loss.png"))
-    summary = {"job_dir": jdir, "final": last, "loss_plot": plot}
+    summary = {"job_dir": jdir, "final": last, "loss_plot": None}
     if jax.process_index() == 0:
+        summary["loss_plot"] = metrics_lib.plot_losses(os.path.join(jdir, "metrics.jsonl"),
+                                                       os.path.join(jdir, "loss.png"))
         with open(os.path.join(jdir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2, default=str)
     return summary
@@ -166,6 +173,8 @@ def main(argv):
     if flags.FLAGS.config is None:
         raise app.UsageError("--config is required")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    f = flags.FLAGS
+    distributed.maybe_initialize(f.coordinator_address, f.num_processes, f.process_id)
     summary = train(flags.FLAGS.config, progress=flags.FLAGS.progress)
     print(json.dumps(summary, indent=2, default=str))
 
@@ -173,4 +182,8 @@ def main(argv):
 if __name__ == "__main__":
     config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]", lock_config=True)
     flags.DEFINE_boolean("progress", True, "show a progress bar")
+    flags.DEFINE_string("coordinator_address", None, "multi-process: host:port of process 0 (else "
+                        "COSMOS_JAX_COORDINATOR, or Slurm auto-detection)")
+    flags.DEFINE_integer("num_processes", None, "multi-process: number of processes")
+    flags.DEFINE_integer("process_id", None, "multi-process: this process's index")
     app.run(main)

@@ -67,14 +67,17 @@ class Validator:
         cond = step_lib.condition_of(self.batch, self.batch["text"], indicator)
         lat = self.extender.generate(state["ema"], state["buffers"], cond, gt, indicator,
                                      jax.random.key(self.config.seed + 1), s.num_steps, s.guidance)
-        gen = np.asarray(jax.device_get(self.tokenizer.decode(lat)))[0]
+        gen = sharding.to_host(self.tokenizer.decode(lat))[0]
+        if jax.process_index() != 0:
+            return None, None
         return write_comparison(self.samples_dir, f"iter_{step:09d}", self.real_video, gen, self.view_names,
                                 self.fps)
 
     def run(self, state, step: int, with_samples: bool = True) -> dict:
         out = self.losses(state)
-        if with_samples and self.config.samples.enabled and jax.process_index() == 0:
+        if with_samples and self.config.samples.enabled:  # every process samples (sharded), process 0 writes
             mp4, png = self.samples(state, step)
-            log.info("step %d: val_loss %.4f (ema %.4f); samples %s, %s", step, out["val_loss"],
-                     out["val_loss_ema"], mp4, png)
+            if mp4:
+                log.info("step %d: val_loss %.4f (ema %.4f); samples %s, %s", step, out["val_loss"],
+                         out["val_loss_ema"], mp4, png)
         return out

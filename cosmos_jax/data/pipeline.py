@@ -3,9 +3,10 @@
 
 Global position p = step * global_batch + i. Its window comes from a per-epoch permutation (grain shuffle, seeded)
 and its random view choice from `np.random.default_rng([seed, p])`, so the global stream is a function of
-(seed, step, global sample index) only: data-parallel rank r of n reads positions r, r + n, ... and the union of
-the ranks' batches at a step is always positions [step * B, (step + 1) * B). The iterator's state (the next
-position) is saved with the checkpoint and restored exactly.
+(seed, step, global sample index) only. Data-parallel rank r of n reads the contiguous rows [r * B/n, (r + 1) * B/n)
+of every global batch (positions step * B + r * B/n + j): concatenated in rank order, the ranks' batches are the
+one-process batch row for row, so per-row noise and losses do not depend on the process count. The iterator's
+state (the next position) is saved with the checkpoint and restored exactly.
 """
 
 from __future__ import annotations
@@ -27,7 +28,13 @@ def make_dataset(source: MultiviewWindows, seed: int, global_batch: int, dp_rank
         raise ValueError(f"batch_size={global_batch} is not divisible by {dp_size} data-parallel groups")
     windows = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat(None)
     samples = windows.map_with_index(lambda p, w: source.sample(int(w), sample_rng(seed, p)))
-    return samples[dp_rank::dp_size].batch(global_batch // dp_size, drop_remainder=True)
+    local = global_batch // dp_size
+    if local == global_batch:
+        return samples.batch(local, drop_remainder=True)
+    # local index q -> global position (q // local) * B + rank * local + q % local
+    positions = grain.MapDataset.range(len(samples) // dp_size).map(
+        lambda q: (q // local) * global_batch + dp_rank * local + q % local)
+    return positions.map(lambda p: samples[int(p)]).batch(local, drop_remainder=True)
 
 
 def make_iterator(source: MultiviewWindows, seed: int, global_batch: int, dp_rank: int = 0, dp_size: int = 1,

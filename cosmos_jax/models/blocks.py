@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cosmos_jax.models.attention import attention
+from cosmos_jax.models.context_parallel import per_view_cross_attention, self_attention
 from cosmos_jax.models.embeddings import apply_rope
 from cosmos_jax.models.layers import AdaLNModulation, Dense, RMSNorm, layer_norm, modulate, zeros
 
@@ -45,9 +45,10 @@ class Attention(nnx.Module):
         self.to_v = Dense(context_dim, dim, (kv_axis, "heads"), rngs=rngs, dtype=dtype, lora=ad("to_v"))
         self.to_out = Dense(dim, dim, ("heads", "embed"), rngs=rngs, dtype=dtype, lora=ad("to_out"))
 
-    def qkv(self, x_BLD: jax.Array, context_BSE: jax.Array | None = None, rope=None):
-        """Projections, per-head q/k RMSNorm, then RoPE on q and k (self-attention only)."""
-        ctx = x_BLD if context_BSE is None else context_BSE
+    def qkv(self, x_BLD: jax.Array, context: jax.Array | None = None, rope=None):
+        """Projections, per-head q/k RMSNorm, then RoPE on q and k (self-attention only). k and v come from x, or
+        from `context` (text, any leading shape: [B, V, S, E] gives [B, V, S, N, K])."""
+        ctx = x_BLD if context is None else context
         heads = lambda t: t.reshape(*t.shape[:-1], self.num_heads, self.head_dim)  # noqa: E731
         q_BLNK = self.q_norm(heads(self.to_q(x_BLD)))
         k_BSNK = self.k_norm(heads(self.to_k(ctx)))
@@ -61,8 +62,12 @@ class Attention(nnx.Module):
     def out(self, o_BLNK: jax.Array) -> jax.Array:
         return self.to_out(o_BLNK.reshape(*o_BLNK.shape[:-2], -1))
 
-    def __call__(self, x_BLD: jax.Array, context_BSE: jax.Array | None = None, rope=None) -> jax.Array:
-        return self.out(attention(*self.qkv(x_BLD, context_BSE, rope), self.impl))
+    def __call__(self, x_BLD: jax.Array, text_BVSE: jax.Array | None = None, rope=None) -> jax.Array:
+        """Self-attention over all tokens (text None), or each view's tokens to its own text [B, V, S, E]."""
+        q, k, v = self.qkv(x_BLD, text_BVSE, rope)
+        if text_BVSE is None:
+            return self.out(self_attention(q, k, v, self.impl))
+        return self.out(per_view_cross_attention(q, k, v, self.impl))
 
 
 class MLP(nnx.Module):
@@ -105,14 +110,7 @@ class CrossAttnBlock(nnx.Module):
                               key="blocks.1.block.attn")
 
     def __call__(self, x_BLD, emb_BD, adaln_lora_B3D, text_BVSE):
-        b, v, s, e = text_BVSE.shape
-
-        def per_view(h_BLD):
-            h_bLvD = h_BLD.reshape(b * v, h_BLD.shape[1] // v, h_BLD.shape[2])
-            o_bLvD = self.attn(h_bLvD, text_BVSE.reshape(b * v, s, e))
-            return o_bLvD.reshape(h_BLD.shape)
-
-        return _gated(self.adaln, x_BLD, emb_BD, adaln_lora_B3D, per_view)
+        return _gated(self.adaln, x_BLD, emb_BD, adaln_lora_B3D, lambda h: self.attn(h, text_BVSE))
 
 
 class MLPBlock(nnx.Module):
@@ -159,7 +157,7 @@ class TransformerBlock(nnx.Module):
             return self.mlp(x, emb_BD, adaln_lora_B3D)
 
         x_BLD, q, k, v, gate_BD = jax.checkpoint(pre, prevent_cse=False)(x_BLD)
-        o_BLNK = attention(q, k, v, fa.attn.impl)
+        o_BLNK = self_attention(q, k, v, fa.attn.impl)
         return jax.checkpoint(post, prevent_cse=False)(x_BLD, o_BLNK, gate_BD)
 
 

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from cosmos_jax import sharding
 from cosmos_jax.models import embeddings as emb
 from cosmos_jax.models.blocks import FinalLayer, TransformerBlock
 from cosmos_jax.models.layers import Buffer, Dense, RMSNorm, normal, param, xavier_uniform, zeros
@@ -167,7 +168,7 @@ class DiT(nnx.Module):
         parts.append(jnp.broadcast_to(view_BVTc[:, :, :, None, None, :], (b, v, t, h, w, view_BVTc.shape[-1])))
         x_BVthwD = self.x_embedder(self._patchify(jnp.concatenate(parts, axis=-1)))
         _, _, tp, hp, wp, d = x_BVthwD.shape
-        x_BLD = x_BVthwD.reshape(b, v * tp * hp * wp, d).astype(dt)
+        x_BLD = _split_tokens(x_BVthwD.reshape(b, v * tp * hp * wp, d).astype(dt))
 
         # Noise-level embedding: the raw sinusoid (RMS-normed) is the AdaLN input; the MLP output is adaln_lora.
         sin_BD = emb.timestep_sinusoid(c_noise_B, d)
@@ -176,10 +177,10 @@ class DiT(nnx.Module):
 
         rope_ratios = (cfg.rope_t_extrapolation_ratio, cfg.rope_h_extrapolation_ratio, cfg.rope_w_extrapolation_ratio)
         ang_BLK = emb.rope3d_angles(v, tp, hp, wp, fps_B, cfg.head_dim, rope_ratios)
-        rope = (jnp.cos(ang_BLK)[:, :, None, :], jnp.sin(ang_BLK)[:, :, None, :])
+        rope = (_split_tokens(jnp.cos(ang_BLK)[:, :, None, :]), _split_tokens(jnp.sin(ang_BLK)[:, :, None, :]))
         extra_ratios = (cfg.extra_t_extrapolation_ratio, cfg.extra_h_extrapolation_ratio,
                         cfg.extra_w_extrapolation_ratio)
-        extra_1LD = emb.extra_sincos_embedding(v, tp, hp, wp, d, extra_ratios).astype(dt)
+        extra_1LD = _split_tokens(emb.extra_sincos_embedding(v, tp, hp, wp, d, extra_ratios).astype(dt))
         text_BVSE = text_BVSE.astype(dt)
 
         x_BLD = self.run_blocks(x_BLD, emb_BD, adaln_lora_B3D, extra_1LD, rope, text_BVSE)
@@ -196,7 +197,7 @@ class DiT(nnx.Module):
         def body(x, block_state):
             block = nnx.merge(graphdef, block_state)
             call = block.call_attention_outside if self.cfg.remat == "attention_outside" else block
-            return call(x, emb_BD, adaln_lora_B3D, extra_1LD, rope, text_BVSE), None
+            return _split_tokens(call(x, emb_BD, adaln_lora_B3D, extra_1LD, rope, text_BVSE)), None
 
         body = remat_block(body, self.cfg.remat)
         if self.cfg.scan_blocks:
@@ -205,6 +206,12 @@ class DiT(nnx.Module):
             for i in range(self.cfg.num_blocks):
                 x_BLD, _ = body(x_BLD, jax.tree.map(lambda a, i=i: a[i], state))
         return x_BLD
+
+
+def _split_tokens(x_BL___: jax.Array) -> jax.Array:
+    """Pin a per-token array [B or 1, L, ...]: batch over (data, fsdp), tokens over context (no-op without a mesh).
+    Token-wise work (RoPE, the sin/cos embedding, norms, projections, MLP) then runs on each device's L / cp slice."""
+    return sharding.constrain(x_BL___, "act_batch", "act_length", *(None,) * (x_BL___.ndim - 2))
 
 
 def _nearest(mask_BHW: jax.Array, h: int, w: int) -> jax.Array:

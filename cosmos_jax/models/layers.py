@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from cosmos_jax import sharding
+
 Initializer = Callable[..., jax.Array]
 
 
@@ -66,7 +68,7 @@ class Dense(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x.astype(self.dtype)
-        y = jnp.einsum("...i,io->...o", x, self.kernel[...].astype(self.dtype))
+        y = jnp.einsum("...i,io->...o", x, sharding.gather(self.kernel[...].astype(self.dtype)))
         if self.lora_scale:
             a, b = self.lora_a[...].astype(self.dtype), self.lora_b[...].astype(self.dtype)
             y = y + self.lora_scale * jnp.einsum("...r,ro->...o", jnp.einsum("...i,ir->...r", x, a), b)
