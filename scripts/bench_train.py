@@ -12,7 +12,6 @@ MFU = model FLOPs / step time / (790e12 x devices).
 from __future__ import annotations
 
 import datetime
-import functools
 import json
 import os
 import statistics
@@ -60,31 +59,26 @@ def gemm_tflops(n: int = 8192, reps: int = 10) -> float:
 
 
 def peak_memory_gb() -> float | None:
-    stats = jax.devices()[0].memory_stats() or {}
-    b = stats.get("peak_bytes_in_use")
-    return None if b is None else b / 2**30
+    """The largest peak over this process's devices."""
+    peaks = [(d.memory_stats() or {}).get("peak_bytes_in_use") for d in jax.local_devices()]
+    peaks = [p for p in peaks if p is not None]
+    return max(peaks) / 2**30 if peaks else None
 
 
-def main(argv):
-    del argv
-    # JAX's GPU allocator takes 75 % of the card by default; the 7B steps need more (set before first use).
-    os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")
+def build(config, devices: int = 0):
+    """(mesh, jitted step, state, batch, info) for synthetic latents of the config's shape on the first `devices`
+    devices (0 = all). Call and trace the step under `sharding.activate(mesh)`."""
     from cosmos_jax import optim, sharding
     from cosmos_jax import step as step_lib
     from cosmos_jax import train_state as ts
-    from cosmos_jax.models import build
+    from cosmos_jax.models import build as build_lib
 
-    f = flags.FLAGS
-    config = f.config
-    if f.blocks:
-        config.model.num_blocks = f.blocks
-    mesh = sharding.make_mesh(config.mesh)
-    ndev = mesh.size
+    mesh = sharding.make_mesh(config.mesh, devices=jax.devices()[:devices] if devices else None)
     dp = mesh.shape["data"] * mesh.shape["fsdp"]
     batch = config.batch_size or dp
     views = config.data.sample_n_views
     c_lat, t_lat, h_lat, w_lat = config.latent_shape
-    cfg = build.dit_config(config)
+    cfg = build_lib.dit_config(config)
     tx = optim.make(config)
     graphdef, _, shardings = ts.layout(cfg, tx, mesh)
     state = ts.create(cfg, tx, mesh, shardings)
@@ -94,31 +88,51 @@ def main(argv):
             "view_idx": np.broadcast_to(np.arange(views, dtype=np.int32), (1, batch, views)).copy(),
             "fps": np.full((1, batch), 10.0, np.float32), "frame_repeat": np.zeros((1, batch, views), np.float32)}
     batch_sh = sharding.batch_sharding(mesh, leading_axes=1)
-    data = sharding.put_batch(host, batch_sh)
-    scfg = step_lib.StepConfig.from_config(config)
-    step = jax.jit(functools.partial(step_lib.train_step, graphdef=graphdef, tx=tx, cfg=scfg, tokenizer=None),
-                   in_shardings=(shardings, batch_sh, None), out_shardings=(shardings, None), donate_argnums=(0,))
-    t0 = time.perf_counter()
-    compiled = step.lower(state, data, jax.random.key(0)).compile()
-    compile_s = time.perf_counter() - t0
-    times = []
-    for i in range(f.steps):
-        t = time.perf_counter()
-        state, m = compiled(state, data, jax.random.key(i))
-        jax.block_until_ready(m["loss"])
-        times.append(time.perf_counter() - t)
-    step_time = statistics.median(times[1:])
+    data = sharding.put_batch(host, batch_sh, batch)
+    step = step_lib.jit_train_step(shardings, batch_sh, graphdef=graphdef, tx=tx,
+                                   cfg=step_lib.StepConfig.from_config(config), tokenizer=None)
     flops = model_flops_per_sample(cfg, views, t_lat, h_lat, w_lat) * batch
+    info = {"cfg": cfg, "batch": batch, "views": views, "flops": flops,
+            "tokens_per_sample": views * (t_lat // cfg.patch_temporal) * (h_lat // 2) * (w_lat // 2)}
+    return mesh, step, state, data, info
+
+
+def main(argv):
+    del argv
+    # JAX's GPU allocator takes 75 % of the card by default; the 7B steps need more (set before first use).
+    os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")
+    from cosmos_jax import sharding
+
+    f = flags.FLAGS
+    config = f.config
+    if f.blocks:
+        config.model.num_blocks = f.blocks
+    mesh, step, state, data, info = build(config, f.devices)
+    cfg, batch, flops, ndev = info["cfg"], info["batch"], info["flops"], mesh.size
+    with sharding.activate(mesh):
+        t0 = time.perf_counter()
+        compiled = step.lower(state, data, jax.random.key(0)).compile()
+        compile_s = time.perf_counter() - t0
+        times = []
+        for i in range(f.steps):
+            t = time.perf_counter()
+            state, m = compiled(state, data, jax.random.key(i))
+            jax.block_until_ready(m["loss"])
+            times.append(time.perf_counter() - t)
+    step_time = statistics.median(times[1:])
+    mesh_sizes = {k: int(v) for k, v in mesh.shape.items()}
+    suffix = "" if ndev == 1 else "_" + "-".join(f"{k}{v}" for k, v in mesh_sizes.items() if v > 1)
     result = {
-        "name": f.name or f"train_{cfg.num_blocks}blocks_remat-{config.remat}{'_lora' if cfg.lora_rank else ''}",
+        "name": f.name or (f"train_{cfg.num_blocks}blocks_remat-{config.remat}{'_lora' if cfg.lora_rank else ''}"
+                           + suffix),
         "mode": "lora" if cfg.lora_rank else "full",
         "num_devices": ndev, "card": jax.devices()[0].device_kind, "date": datetime.date.today().isoformat(),
         "command": " ".join(["python", "scripts/bench_train.py", *sys.argv[1:]]),
-        "config": {"num_blocks": cfg.num_blocks, "remat": config.remat, "mesh": [list(a) for a in config.mesh],
+        "config": {"num_blocks": cfg.num_blocks, "remat": config.remat, "mesh": mesh_sizes,
                    "batch_size": batch, "dtype": cfg.dtype, "attention_impl": cfg.attention_impl,
                    "scan_blocks": cfg.scan_blocks, "lora_rank": cfg.lora_rank,
                    "lora_targets": list(cfg.lora_targets)},
-        "tokens_per_sample": views * (t_lat // cfg.patch_temporal) * (h_lat // 2) * (w_lat // 2),
+        "tokens_per_sample": info["tokens_per_sample"],
         "step_time_s": step_time, "step_times_s": times, "samples_per_s": batch / step_time,
         "model_tflops_per_step": flops / 1e12, "mfu": flops / step_time / (PEAK * ndev),
         "gemm_tflops": gemm_tflops(), "peak_memory_gb": peak_memory_gb(), "compile_s": compile_s,
@@ -136,6 +150,7 @@ if __name__ == "__main__":
     config_flags.DEFINE_config_file("config", "configs/waymo.py", "experiment config", lock_config=False)
     flags.DEFINE_integer("blocks", 0, "run a K-block slice (0 = the config's)")
     flags.DEFINE_integer("steps", 6, "steps (the first is warm-up)")
+    flags.DEFINE_integer("devices", 0, "use the first N devices (0 = all): scaling runs on subsets of one machine")
     flags.DEFINE_string("name", "", "result name")
     flags.DEFINE_string("out", "bench/results", "output folder")
     app.run(main)

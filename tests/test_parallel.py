@@ -16,9 +16,10 @@ MESHES = {"1 device": (1, 1, 1), "data=4": (4, 1, 1), "fsdp=4": (1, 4, 1), "cont
 BATCH = 4
 
 
-def config():
+def config(**model):
     c = demo.get_config()
     c.model.update(dict(model_channels=64, num_blocks=2, num_heads=4, crossattn_emb_channels=8, adaln_lora_dim=8))
+    c.model.update(model)
     c.remat = "attention_outside"
     return c
 
@@ -32,8 +33,10 @@ def host_batch(steps=2, b=BATCH, v=3, seed=0):
             for _ in range(steps)]
 
 
-def run(shape):
-    c = config()
+def run(shape, **model):
+    """(per-step losses, final params) of 2 steps on a (data, fsdp, context) mesh over the first devices; `model`
+    overrides config.model (scripts/gpu_parity.py runs this on GPUs in bf16 with cuDNN)."""
+    c = config(**model)
     c.mesh = tuple(zip(sharding.MESH_AXES, shape, strict=True))
     n = int(np.prod(shape))
     mesh = sharding.make_mesh(c.mesh, devices=jax.devices()[:n])

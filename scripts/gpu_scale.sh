@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Multi-GPU session on one 4-GPU machine (device tool): mesh parity, in-model attention, scaling on a slice, and the
+# full 7B fine-tune per (fsdp, context) split. Each stage runs in its own processes so one failure (e.g. an OOM)
+# does not hide the others.
+# Usage: bash scripts/gpu_scale.sh OUTDIR STAGE [STAGE ...]   stages: parity attention scaling full7b
+set -u
+OUT=${1:-bench/results}; shift
+mkdir -p "$OUT"
+if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl; fi
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/env.txt"
+quiet() { grep -v "^[IW][0-9]\{4\} \|^WARNING" ; }
+bench() {  # NAME TIMEOUT ARGS...
+  local name=$1 t=$2; shift 2
+  echo "== $name"
+  timeout "$t" python3 scripts/bench_train.py --config=configs/waymo.py --out "$OUT" "$@" 2>&1 | quiet \
+    | grep -E '"(name|step_time_s|samples_per_s|mfu|peak_memory_gb|compile_s|loss)"|Error|error|wrote' | tee -a "$OUT/$name.txt"
+}
+for stage in "$@"; do
+  case $stage in
+    parity) timeout 240 python3 scripts/gpu_parity.py --out "$OUT" 2>&1 | quiet | tail -14 | tee "$OUT/parity.txt" ;;
+    attention) timeout 240 python3 scripts/bench_attention.py --blocks 2 --config.remat=attention_outside --out "$OUT" \
+                 2>&1 | quiet | tail -40 | tee "$OUT/attention.txt" ;;
+    scaling)
+      R=--config.remat=attention_outside
+      bench scale_1 150 --blocks 4 $R --devices 1 --steps 5
+      bench scale_c2 150 --blocks 4 $R --devices 2 --steps 5 --config.mesh='(("data",1),("fsdp",1),("context",2))'
+      bench scale_c4 150 --blocks 4 $R --devices 4 --steps 5 --config.mesh='(("data",1),("fsdp",1),("context",4))'
+      bench scale_f2 150 --blocks 4 $R --devices 2 --steps 5 --config.mesh='(("data",1),("fsdp",2),("context",1))'
+      bench scale_f4 150 --blocks 4 $R --devices 4 --steps 5 --config.mesh='(("data",1),("fsdp",4),("context",1))' ;;
+    full7b)
+      bench 7b_c4_ao 200 --config.remat=attention_outside --steps 5 --config.mesh='(("data",1),("fsdp",1),("context",4))'
+      bench 7b_c4_full 200 --config.remat=full --steps 5 --config.mesh='(("data",1),("fsdp",1),("context",4))'
+      bench 7b_f2c2_ao 200 --config.remat=attention_outside --steps 5 --config.mesh='(("data",1),("fsdp",2),("context",2))'
+      bench 7b_f4_full 240 --config.remat=full --steps 5 --config.mesh='(("data",1),("fsdp",4),("context",1))' ;;
+  esac
+done
+ls "$OUT"
