@@ -29,10 +29,10 @@ for stage in "$@"; do
       bench scale_f2 150 --blocks 4 $R --devices 2 --steps 5 --config.mesh='(("data",1),("fsdp",2),("context",1))'
       bench scale_f4 150 --blocks 4 $R --devices 4 --steps 5 --config.mesh='(("data",1),("fsdp",4),("context",1))' ;;
     full7b)
-      bench 7b_c4_ao 200 --config.remat=attention_outside --steps 5 --config.mesh='(("data",1),("fsdp",1),("context",4))'
-      bench 7b_c4_full 200 --config.remat=full --steps 5 --config.mesh='(("data",1),("fsdp",1),("context",4))'
-      bench 7b_f2c2_ao 200 --config.remat=attention_outside --steps 5 --config.mesh='(("data",1),("fsdp",2),("context",2))'
-      bench 7b_f4_full 240 --config.remat=full --steps 5 --config.mesh='(("data",1),("fsdp",4),("context",1))' ;;
+      bench 7b_c4_ao 150 --config.remat=attention_outside --steps 5 --config.mesh='(("data",1),("fsdp",1),("context",4))'
+      bench 7b_c4_full 150 --config.remat=full --steps 5 --config.mesh='(("data",1),("fsdp",1),("context",4))'
+      bench 7b_f4_full 150 --config.remat=full --steps 5 --config.mesh='(("data",1),("fsdp",4),("context",1))'
+      bench 7b_f2c2_ao 150 --config.remat=attention_outside --steps 5 --config.mesh='(("data",1),("fsdp",2),("context",2))' ;;
   esac
 done
 ls "$OUT"
