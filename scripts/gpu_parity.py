@@ -1,5 +1,5 @@
 """Mesh parity on real GPUs: 2 train steps on 1 GPU vs 4-GPU meshes (each axis alone and combined), at the same
-global batch, in fp32 (XLA attention) and in bf16 (cuDNN attention, Ulysses around it). JSON to bench/results/.
+global batch, 3 steps from perturbed weights, in fp32 (XLA attention) and in bf16 (cuDNN attention, Ulysses around it). JSON to bench/results/.
 
     python scripts/gpu_parity.py [--out bench/results]
 """
@@ -25,6 +25,8 @@ def main(out: str) -> None:
     result = {"name": "parity_meshes", "card": jax.devices()[0].device_kind, "num_devices": jax.device_count(),
               "date": datetime.date.today().isoformat(), "command": "python scripts/gpu_parity.py", "runs": {}}
     for dtype, impl in (("float32", "xla"), ("bfloat16", "cudnn")):
+        # fp32 with full-precision matmuls (GPU default for fp32 is TF32, whose rounding would dominate)
+        jax.config.update("jax_default_matmul_precision", "highest" if dtype == "float32" else None)
         ref_losses, ref_params = tp.run((1, 1, 1), dtype=dtype, attention_impl=impl)
         runs = {"1 device": {"losses": ref_losses}}
         for name, shape in MESHES.items():

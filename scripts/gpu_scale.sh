@@ -23,16 +23,22 @@ for stage in "$@"; do
                  2>&1 | quiet | tail -40 | tee "$OUT/attention.txt" ;;
     scaling)
       R=--config.remat=attention_outside
-      bench scale_1 150 --blocks 4 $R --devices 1 --steps 5
-      bench scale_c2 150 --blocks 4 $R --devices 2 --steps 5 --config.mesh='(("data",1),("fsdp",1),("context",2))'
-      bench scale_c4 150 --blocks 4 $R --devices 4 --steps 5 --config.mesh='(("data",1),("fsdp",1),("context",4))'
-      bench scale_f2 150 --blocks 4 $R --devices 2 --steps 5 --config.mesh='(("data",1),("fsdp",2),("context",1))'
-      bench scale_f4 150 --blocks 4 $R --devices 4 --steps 5 --config.mesh='(("data",1),("fsdp",4),("context",1))' ;;
+      bench scale_1 150 --blocks 4 $R --devices 1 --steps 6
+      bench scale_c2 150 --blocks 4 $R --devices 2 --steps 6 --config.mesh='(("data",1),("fsdp",1),("context",2))'
+      bench scale_c4 150 --blocks 4 $R --devices 4 --steps 6 --config.mesh='(("data",1),("fsdp",1),("context",4))'
+      bench scale_f2 150 --blocks 4 $R --devices 2 --steps 6 --config.mesh='(("data",1),("fsdp",2),("context",1))'
+      bench scale_f4 150 --blocks 4 $R --devices 4 --steps 6 --config.mesh='(("data",1),("fsdp",4),("context",1))' ;;
+    best7b)
+      bench 7b_c4_ao 150 --config.remat=attention_outside --steps 6 --config.mesh='(("data",1),("fsdp",1),("context",4))' ;;
     full7b)
-      bench 7b_c4_ao 150 --config.remat=attention_outside --steps 5 --config.mesh='(("data",1),("fsdp",1),("context",4))'
-      bench 7b_c4_full 150 --config.remat=full --steps 5 --config.mesh='(("data",1),("fsdp",1),("context",4))'
-      bench 7b_f4_full 150 --config.remat=full --steps 5 --config.mesh='(("data",1),("fsdp",4),("context",1))'
-      bench 7b_f2c2_ao 150 --config.remat=attention_outside --steps 5 --config.mesh='(("data",1),("fsdp",2),("context",2))' ;;
+      bench 7b_c4_ao 150 --config.remat=attention_outside --steps 6 --config.mesh='(("data",1),("fsdp",1),("context",4))'
+      bench 7b_c4_full 150 --config.remat=full --steps 6 --config.mesh='(("data",1),("fsdp",1),("context",4))'
+      bench 7b_f4_full 150 --config.remat=full --steps 6 --config.mesh='(("data",1),("fsdp",4),("context",1))'
+      bench 7b_c4_ao_lhs 150 --config.remat=attention_outside --steps 6 --config.mesh='(("data",1),("fsdp",1),("context",4))' \
+        --name train_28blocks_remat-attention_outside_context4_lhs
+      bench 7b_f2c2_ao 150 --config.remat=attention_outside --steps 6 --config.mesh='(("data",1),("fsdp",2),("context",2))' ;;
   esac
+  # the device tool returns few files: pack the results into one, after every stage
+  (cd "$OUT" && tar cf results.tar --exclude=results.tar ./*.json ./*.txt)
 done
 ls "$OUT"
