@@ -30,6 +30,16 @@ for stage in "$@"; do
       bench scale_f4 150 --blocks 4 $R --devices 4 --steps 6 --config.mesh='(("data",1),("fsdp",4),("context",1))' ;;
     best7b)
       bench 7b_c4_ao 150 --config.remat=attention_outside --steps 6 --config.mesh='(("data",1),("fsdp",1),("context",4))' ;;
+    lhs)  # the latency-hiding scheduler (overlaps collectives with compute) on the context-parallel runs
+      L=--xla_gpu_enable_latency_hiding_scheduler=true
+      C4='--config.mesh=(("data",1),("fsdp",1),("context",4))'
+      XLA_FLAGS=$L bench 7b_c4_ao_lhs 150 --config.remat=attention_outside --steps 6 "$C4" \
+        --name train_28blocks_remat-attention_outside_context4_lhs
+      XLA_FLAGS=$L bench scale_c4_lhs 150 --blocks 4 --config.remat=attention_outside --devices 4 --steps 6 "$C4" \
+        --name train_4blocks_remat-attention_outside_context4_lhs ;;
+    rest7b)
+      bench 7b_c4_full 150 --config.remat=full --steps 6 --config.mesh='(("data",1),("fsdp",1),("context",4))'
+      bench 7b_f4_full 180 --config.remat=full --steps 6 --config.mesh='(("data",1),("fsdp",4),("context",1))' ;;
     full7b)
       bench 7b_c4_ao 150 --config.remat=attention_outside --steps 6 --config.mesh='(("data",1),("fsdp",1),("context",4))'
       bench 7b_c4_full 150 --config.remat=full --steps 6 --config.mesh='(("data",1),("fsdp",1),("context",4))'
