@@ -1,5 +1,6 @@
-"""Mesh parity on real GPUs: 2 train steps on 1 GPU vs 4-GPU meshes (each axis alone and combined), at the same
-global batch, 3 steps from perturbed weights, in fp32 (XLA attention) and in bf16 (cuDNN attention, Ulysses around it). JSON to bench/results/.
+"""Mesh parity on real GPUs: train steps on 1 GPU vs 4-GPU meshes (each axis alone and combined), at the same
+global batch, 3 steps from perturbed weights, in fp32 (XLA attention) and in bf16 (cuDNN attention, Ulysses around
+it). JSON to bench/results/.
 
     python scripts/gpu_parity.py [--out bench/results]
 """

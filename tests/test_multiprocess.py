@@ -1,7 +1,8 @@
 """Multi-process and changed-mesh training through the CLI, on CPU:
 
 - 2 processes (coordinator on localhost, 2 CPU devices each) train 2 steps on a (fsdp=2, context=2) mesh, save,
-  export the `.pt` files and validate: the per-step losses equal those of 1 process driving the same 4 devices;
+  export the `.pt` files and validate: the per-step losses equal those of 1 process driving the same 4 devices; then
+  2 processes restore that checkpoint together and train step 3, again as 1 process does;
 - a job saved on 4 devices resumes on 2 (fsdp=2): at the same global batch it continues with the losses of the
   uninterrupted 4-device job.
 """
@@ -73,6 +74,10 @@ def test_two_processes_train_like_one(data, four_devices, tmp_path):
     assert sorted(os.listdir(ck)) == ["iter_000000002_ema_model.pt", "iter_000000002_reg_model.pt"]
     samples = os.path.join(tmp_path, "posttraining/demo/demo_single2multiview/samples")
     assert any(n.endswith(".mp4") for n in os.listdir(samples))
+    launch(data, tmp_path, 2, 2, MESH_FC, "--config.max_iter=3", "--config.samples.enabled=False")  # restore
+    got = step_metrics(tmp_path)
+    assert got[3][1] == four_devices[3][1]
+    np.testing.assert_allclose(got[3][0], four_devices[3][0], rtol=1e-5)
 
 
 def test_resume_on_fewer_devices(data, four_devices, tmp_path):
