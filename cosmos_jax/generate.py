@@ -7,6 +7,7 @@ Generate the other cameras from a front-camera video with a post-trained network
     [--initial_condition_video DIR --num_input_frames 0|1|9]   Video2World: also pin the first frames of every view
     [--n_views 6] [--rig upstream|training] [--num_steps 35 --guidance 7 --seed 1] [--fps F] [--weights ema|reg]
     [--t5 DIR | --prompt_pickles a.pkl,b.pkl,...] [--config CONFIG for a .pt or converted weights]
+    [--context N]   split the tokens over N GPUs (6 views of the 7B: 110,592 tokens)
 
 fps: the network sees the condition video's fps by default (10 for Waymo, as in training); upstream's inference
 default of 24 differs from its training and is available as `--fps 24`. Pixels are normalised as in training
@@ -28,7 +29,7 @@ from absl import app, flags
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from cosmos_jax import inference
+from cosmos_jax import inference, sharding
 from cosmos_jax.data import pickles
 from cosmos_jax.data import video as video_io
 from cosmos_jax.models import tokenizer as tok
@@ -58,6 +59,8 @@ def define_flags() -> None:
     flags.DEFINE_enum("weights", "ema", ["ema", "reg"], "which weights of a training job")
     flags.DEFINE_string("t5", None, "text encoder folder (default: <dataset>/t5 if present, else the converted "
                         f"{T5_CONVERTED})")
+    flags.DEFINE_integer("context", 1, "split each sample's tokens over this many GPUs (Ulysses attention; must divide "
+                         "the heads): 6 views of the 7B on several GPUs")
     flags.DEFINE_string("prompt_pickles", None, "comma-separated T5 pickles, one per view (instead of --t5)")
     config_flags.DEFINE_config_file("config", None, "config of a .pt / converted checkpoint's network")
 
@@ -105,6 +108,7 @@ def text_embeddings(f, config, rig: inference.Rig) -> tuple[np.ndarray, list[str
 def run(f) -> dict:
     t0 = time.time()
     loaded = inference.load(f.checkpoint, f.weights, f.config)
+    loaded, mesh = inference.on_context_mesh(loaded, f.context)
     config = loaded.config
     rig = inference.Rig.upstream(f.n_views) if f.rig == "upstream" else inference.Rig.training(config, f.n_views)
     size = tuple(config.data.video_size)
@@ -122,9 +126,10 @@ def run(f) -> dict:
     text, prompts = text_embeddings(f, config, rig)
     tokenizer = tok.from_config(config)
     bar = tqdm(total=f.num_steps, desc="sampling")
-    gen, _ = inference.view_extend(loaded, tokenizer, front, text, rig, fps, jax.random.key(f.seed), f.num_steps,
-                                   f.guidance, initial, {0: 0, 1: 1, 9: 2}[num_input],
-                                   callback=lambda i, total: bar.update(1))
+    with sharding.activate(mesh):
+        gen, _ = inference.view_extend(loaded, tokenizer, front, text, rig, fps, jax.random.key(f.seed),
+                                       f.num_steps, f.guidance, initial, {0: 0, 1: 1, 9: 2}[num_input],
+                                       callback=lambda i, total: bar.update(1))
     bar.close()
     os.makedirs(f.out, exist_ok=True)
     for i, name in enumerate(rig.names):

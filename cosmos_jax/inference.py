@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cosmos_jax import checkpoint
+from cosmos_jax import checkpoint, sharding
 from cosmos_jax import train_state as ts
 from cosmos_jax.data import layout
 from cosmos_jax.diffusion import conditioning
@@ -125,6 +125,17 @@ def load(checkpoint_path: str, weights: str = "ema", config=None) -> Loaded:
     return Loaded(config, graphdef, params, buffers, source)
 
 
+def on_context_mesh(loaded: Loaded, context: int) -> tuple[Loaded, jax.sharding.Mesh]:
+    """The weights replicated on the first `context` devices and a mesh that splits each sample's tokens over them
+    (Ulysses attention): run `view_extend` under `sharding.activate(mesh)`. For 6 views (110,592 tokens) of the 7B."""
+    if context < 1 or context > jax.device_count():
+        raise ValueError(f"--context={context}: expected 1 .. {jax.device_count()} (the devices present)")
+    mesh = sharding.make_mesh((("data", 1), ("fsdp", 1), ("context", context)), devices=jax.devices()[:context])
+    rep = sharding.replicated(mesh)
+    put = lambda t: jax.tree.map(lambda a: jax.device_put(a, rep), t)  # noqa: E731
+    return dataclasses.replace(loaded, params=put(loaded.params), buffers=put(loaded.buffers)), mesh
+
+
 def _restore_base(path, cfg, base_weights):
     _, p_abs, b_abs = ts.split(build.abstract(cfg))
     target = {"params": p_abs, "buffers": b_abs}
@@ -161,4 +172,4 @@ def view_extend(loaded: Loaded, tokenizer, front_video_FHW3: np.ndarray, text_VS
                             float(loaded.config.diffusion.sigma_min), float(loaded.config.diffusion.sigma_max))
     lat = extender.generate(loaded.params, loaded.buffers, cond, gt, indicator, key, num_steps, guidance,
                             callback=callback)
-    return np.asarray(jax.device_get(tokenizer.decode(lat)))[0], np.asarray(gt)
+    return sharding.to_host(tokenizer.decode(lat))[0], np.asarray(gt)

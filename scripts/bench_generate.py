@@ -1,6 +1,6 @@
 """Generation benchmark: upstream's view extension (guided Euler, cond + uncond batched) at the seed's latent shape.
 
-    python scripts/bench_generate.py --config=configs/waymo.py [--views 3] [--num_steps 5] [--blocks K]
+    python scripts/bench_generate.py --config=configs/waymo.py [--views 3] [--num_steps 5] [--blocks K] [--context N]
 
 Random weights (timing only) in the config's compute dtype, latents in (the tokenizer is not timed). Reports the
 median seconds per sampler step after the first (compiling) one and the extrapolation to 35 steps.
@@ -30,6 +30,7 @@ def main(argv):
     os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")
     from flax import nnx
 
+    from cosmos_jax import sharding
     from cosmos_jax import train_state as ts
     from cosmos_jax.diffusion import conditioning
     from cosmos_jax.diffusion import denoise as dn
@@ -45,12 +46,14 @@ def main(argv):
     v = f.views
     c_lat, t_lat, h_lat, w_lat = config.latent_shape
 
-    @jax.jit
+    mesh = sharding.make_mesh((("data", 1), ("fsdp", 1), ("context", f.context)), devices=jax.devices()[:f.context])
+    rep = sharding.replicated(mesh)
+
     def init():
         with nnx.use_eager_sharding(False):
             return ts.split(DiffusionNet(cfg, rngs=nnx.Rngs(0)))[1:]
 
-    params, buffers = init()
+    params, buffers = jax.jit(init, out_shardings=rep)()  # the weights on each of the context devices
     graphdef = ts.split(build.abstract(cfg))[0]
     rng = np.random.default_rng(0)
     gt = jnp.asarray(rng.standard_normal((1, v, t_lat, h_lat, w_lat, c_lat)) * 0.5, jnp.float32)
@@ -80,19 +83,20 @@ def main(argv):
 
     ext._step = Sync(ext._step)
     t0 = time.perf_counter()
-    lat = ext.generate(params, buffers, cond, gt, ind, jax.random.key(1), f.num_steps, 7.0, callback=tick)
-    jax.block_until_ready(lat)
+    with sharding.activate(mesh):  # tokens split over `context` devices (Ulysses attention)
+        lat = ext.generate(params, buffers, cond, gt, ind, jax.random.key(1), f.num_steps, 7.0, callback=tick)
+        jax.block_until_ready(lat)
     total = time.perf_counter() - t0
     per_step = statistics.median(times[1:]) if len(times) > 1 else times[0]
-    stats = jax.devices()[0].memory_stats() or {}
+    peaks = [(d.memory_stats() or {}).get("peak_bytes_in_use") or 0 for d in jax.devices()[:f.context]]
     tokens = v * t_lat * (h_lat // 2) * (w_lat // 2)
-    result = {"name": f"generate_{v}views_{cfg.num_blocks}blocks", "card": jax.devices()[0].device_kind,
-              "num_devices": 1, "date": datetime.date.today().isoformat(),
+    result = {"name": f"generate_{v}views_{cfg.num_blocks}blocks" + (f"_context{f.context}" if f.context > 1 else ""),
+              "card": jax.devices()[0].device_kind, "num_devices": f.context, "date": datetime.date.today().isoformat(),
               "command": " ".join(["python", "scripts/bench_generate.py", *sys.argv[1:]]),
               "views": v, "tokens": tokens, "num_steps": f.num_steps, "dtype": cfg.dtype,
               "first_step_s_incl_compile": times[0], "step_s": per_step, "total_s": total,
               "extrapolated_35_steps_s": per_step * 35,
-              "peak_memory_gb": (stats.get("peak_bytes_in_use") or 0) / 2**30}
+              "peak_memory_gb": max(peaks) / 2**30}
     os.makedirs(f.out, exist_ok=True)
     path = os.path.join(f.out, f"{result['name']}_{result['card'].replace(' ', '-')}.json")
     with open(path, "w") as fh:
@@ -105,5 +109,6 @@ if __name__ == "__main__":
     flags.DEFINE_integer("views", 3, "views (the front included)")
     flags.DEFINE_integer("num_steps", 5, "sampler steps")
     flags.DEFINE_integer("blocks", 0, "K-block slice (0 = the config's)")
+    flags.DEFINE_integer("context", 1, "split the tokens over this many devices")
     flags.DEFINE_string("out", "bench/results", "output folder")
     app.run(main)
