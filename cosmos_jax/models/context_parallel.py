@@ -12,7 +12,8 @@ perf/budget.md measured 561-567 TFLOP/s per GPU at cp = 2, 4 (589 on one GPU).
 Cross-attention: token i of view v attends to view v's S text tokens. Without a split this is a reshape of the views
 into the batch (upstream). Under the split a device holds a contiguous range of tokens that may straddle a view
 boundary; it attends its tokens to the text of each view its range touches (1 when the views are whole multiples of
-the shard, at most 2 otherwise) and keeps, per token, the result of its own view.
+the shard; otherwise up to ceil(Ll/Lv) + 1, e.g. 2 for 3 views over 4 devices) and keeps, per token, the result
+of its own view.
 
 Shape legend: B batch, L tokens of all views (Ll local), V views, Lv tokens per view, S text tokens, N heads,
 K head dim.
