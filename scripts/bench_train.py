@@ -88,7 +88,9 @@ def build(config, devices: int = 0):
             "view_idx": np.broadcast_to(np.arange(views, dtype=np.int32), (1, batch, views)).copy(),
             "fps": np.full((1, batch), 10.0, np.float32), "frame_repeat": np.zeros((1, batch, views), np.float32)}
     batch_sh = sharding.batch_sharding(mesh, leading_axes=1)
-    data = sharding.put_batch(host, batch_sh, batch)
+    rank, count = sharding.data_rank(mesh, batch)  # this process's rows (all of them with one process)
+    rows = slice(rank * (batch // count), (rank + 1) * (batch // count))
+    data = sharding.put_batch({k: v[:, rows] for k, v in host.items()}, batch_sh, batch)
     step = step_lib.jit_train_step(shardings, batch_sh, graphdef=graphdef, tx=tx,
                                    cfg=step_lib.StepConfig.from_config(config), tokenizer=None)
     flops = model_flops_per_sample(cfg, views, t_lat, h_lat, w_lat) * batch
@@ -101,8 +103,9 @@ def main(argv):
     del argv
     # JAX's GPU allocator takes 75 % of the card by default; the 7B steps need more (set before first use).
     os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")
-    from cosmos_jax import sharding
+    from cosmos_jax import distributed, sharding
 
+    distributed.maybe_initialize()  # several processes: COSMOS_JAX_* variables or Slurm (cosmos_jax/distributed.py)
     f = flags.FLAGS
     config = f.config
     if f.blocks:
@@ -137,7 +140,10 @@ def main(argv):
         "model_tflops_per_step": flops / 1e12, "mfu": flops / step_time / (PEAK * ndev),
         "gemm_tflops": gemm_tflops(), "peak_memory_gb": peak_memory_gb(), "compile_s": compile_s,
         "loss": float(m["loss"]), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "num_processes": jax.process_count(),
     }
+    if jax.process_index() != 0:
+        return
     os.makedirs(f.out, exist_ok=True)
     path = os.path.join(f.out, f"{result['name']}_{result['card'].replace(' ', '-')}_{ndev}dev.json")
     with open(path, "w") as fh:
