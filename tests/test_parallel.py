@@ -34,21 +34,28 @@ def host_batch(steps=3, b=BATCH, v=3, seed=0):
 
 
 def perturbed(state, shardings):
-    """Every weight moved by N(0, 0.02): the zero-initialised adaLN and final layers would otherwise make the first
-    losses independent of the network body. The same values on every mesh (partitionable threefry)."""
-    def move(params):
-        leaves, tree = jax.tree.flatten(params)
-        keys = jax.random.split(jax.random.key(7), len(leaves))
-        return jax.tree.unflatten(tree, [p + 0.02 * jax.random.normal(k, p.shape, p.dtype)
-                                         for p, k in zip(leaves, keys, strict=True)])
-    params = jax.jit(move, out_shardings=shardings["params"])(state["params"])
-    return {**state, "params": params, "ema": jax.tree.map(jax.numpy.copy, params)}
+    """Every trained weight (and, with LoRA, every frozen base kernel) moved by N(0, 0.02): the zero-initialised
+    adaLN and final layers would otherwise make the first losses independent of the network body. The same values on
+    every mesh (partitionable threefry)."""
+    def move(tree, seed, only_kernels=False):
+        flat = ts.flat(tree)
+        keys = jax.random.split(jax.random.key(seed), len(flat))
+        return ts.unflat({p: a + 0.02 * jax.random.normal(k, a.shape, a.dtype)
+                          if not only_kernels or p[-1] == "kernel" else a
+                          for (p, a), k in zip(flat.items(), keys, strict=True)})
+    params = jax.jit(lambda t: move(t, 7), out_shardings=shardings["params"])(state["params"])
+    buffers = jax.jit(lambda t: move(t, 8, only_kernels=True), out_shardings=shardings["buffers"])(state["buffers"])
+    return {**state, "params": params, "buffers": buffers, "ema": jax.tree.map(jax.numpy.copy, params)}
 
 
-def run(shape, **model):
+def run(shape, lora=False, **model):
     """(per-step losses, final params) of 3 steps on a (data, fsdp, context) mesh over the first devices; `model`
-    overrides config.model (scripts/gpu_parity.py runs this on GPUs in bf16 with cuDNN)."""
+    overrides config.model (scripts/gpu_parity.py runs this on GPUs in bf16 with cuDNN); `lora`: rank-4 adapters on
+    every block linear, the base frozen."""
     c = config(**model)
+    if lora:
+        c.lora.rank, c.lora.alpha = 4, 4.0
+        c.lora.targets = ("to_q", "to_k", "to_v", "to_out", "layer1", "layer2")
     c.mesh = tuple(zip(sharding.MESH_AXES, shape, strict=True))
     n = int(np.prod(shape))
     mesh = sharding.make_mesh(c.mesh, devices=jax.devices()[:n])
@@ -64,7 +71,7 @@ def run(shape, **model):
             state, m = step(state, sharding.put_batch(hb, batch_sh, BATCH), jax.random.key(i))
             losses.append(float(m["loss"]))
     # the parameters really are split: a block kernel's shard is 1/(fsdp*context) of it
-    kernel = state["params"]["net"]["blocks"]["mlp"]["mlp"]["layer1"]["kernel"]
+    kernel = state["buffers" if lora else "params"]["net"]["blocks"]["mlp"]["mlp"]["layer1"]["kernel"]
     assert kernel.addressable_shards[0].data.size == kernel.size // (shape[1] * shape[2])
     return losses, ts.flat(sharding.to_host(state["params"]))
 
@@ -80,4 +87,13 @@ def test_meshes_train_like_one_device(reference, name):
     np.testing.assert_allclose(losses, reference[0], rtol=2e-5)
     assert len(set(reference[0])) == 3  # each step saw updated weights
     for p, a in reference[1].items():
+        np.testing.assert_allclose(params[p], a, rtol=1e-4, atol=2e-6, err_msg="/".join(p))
+
+
+def test_lora_on_a_combined_mesh_trains_like_one_device():
+    want_losses, want = run(MESHES["1 device"], lora=True)
+    losses, params = run((1, 2, 2), lora=True)
+    assert set(p[-1] for p in params) == {"lora_a", "lora_b"}  # only adapters train
+    np.testing.assert_allclose(losses, want_losses, rtol=2e-5)
+    for p, a in want.items():
         np.testing.assert_allclose(params[p], a, rtol=1e-4, atol=2e-6, err_msg="/".join(p))
