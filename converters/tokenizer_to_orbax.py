@@ -26,6 +26,7 @@ import numpy as np
 from converters.keymap import StrictLoadError
 from converters.pt_io import tensor_to_numpy
 from cosmos_jax.models import cosmos_tokenizer as ct
+from cosmos_jax.models import variables
 
 JIT_FILES = {"encoder": "encoder.jit", "decoder": "decoder.jit"}
 
@@ -117,7 +118,8 @@ def convert(src: str, dst: str, cfg: ct.Cosmos8x8x8Config | None = None, overwri
     states = {side: read_jit_state(p) for side, p in paths.items()}
     mean_std = read_mean_std(os.path.join(src, "mean_std.pt"), cfg.latent_channels)
     tree, dropped = convert_states(states, mean_std, cfg, sources=paths)
-    dtypes = sorted({str(a.dtype) for side in ("encoder", "decoder") for a in ct._flatten(tree[side]).values()})
+    flat = {side: variables.flatten_dotted(tree[side]) for side in ("encoder", "decoder")}
+    dtypes = sorted({str(a.dtype) for side in flat for a in flat[side].values()})
     os.makedirs(dst, exist_ok=True)
     marker = os.path.join(dst, "meta.json")
     if os.path.exists(marker):
@@ -132,7 +134,7 @@ def convert(src: str, dst: str, cfg: ct.Cosmos8x8x8Config | None = None, overwri
         json.dump({"format": ct.FORMAT, "config": cfg.architecture(), "source": os.path.abspath(src),
                    "dtypes": dtypes, "mean_std_shape": list(tree["mean"].shape)}, f, indent=2)
     os.replace(marker + ".tmp", marker)
-    n = {side: len(ct._flatten(tree[side])) for side in ("encoder", "decoder")}
+    n = {side: len(flat[side]) for side in flat}
     return {"src": src, "dst": dst, "encoder_tensors": n["encoder"], "decoder_tensors": n["decoder"],
             "dropped": len(dropped), "mean_std": "x".join(map(str, tree["mean"].shape)), "dtypes": ",".join(dtypes),
             "seconds": round(time.time() - t0, 2)}

@@ -6,6 +6,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from cosmos_jax.models import variables
 from cosmos_jax.models.dit import DiffusionNet, DiTConfig
 
 
@@ -36,8 +37,7 @@ def abstract(cfg: DiTConfig) -> DiffusionNet:
 
 def _base_vars(model: nnx.Module):
     """Every Param and Buffer but LoRA adapters (the upstream network's tensors)."""
-    return [(tuple(map(str, p)), v) for p, v in nnx.to_flat_state(nnx.state(model))
-            if not isinstance(v, nnx.LoRAParam)]
+    return variables.flat_vars(model, exclude=(nnx.LoRAParam,)).items()
 
 
 def flat_shapes(model: nnx.Module) -> dict[tuple[str, ...], tuple[int, ...]]:
@@ -51,15 +51,6 @@ def flat_arrays(model: nnx.Module) -> dict[tuple[str, ...], np.ndarray]:
 
 
 def load_flat(model: nnx.Module, tree: dict[tuple[str, ...], np.ndarray]) -> None:
-    """Write {path: array} into the model in place (paths and shapes must match exactly)."""
-    state = nnx.state(model)
-    flat = {p: v for p, v in nnx.to_flat_state(state) if not isinstance(v, nnx.LoRAParam)}
-    missing = sorted(set(map(lambda p: tuple(map(str, p)), flat)) ^ set(tree))
-    if missing:
-        raise ValueError(f"tree paths differ from the model's: {missing[:10]}")
-    for p, var in flat.items():
-        value = tree[tuple(map(str, p))]
-        if tuple(value.shape) != tuple(var.get_value().shape):
-            raise ValueError(f"{'/'.join(map(str, p))}: shape {value.shape} != model {var.get_value().shape}")
-        var.set_value(jax.numpy.asarray(value, dtype=var.get_value().dtype))
-    nnx.update(model, state)
+    """Write {path: array} into the model in place (paths and shapes must match exactly; LoRA adapters keep their
+    values)."""
+    variables.fill(model, tree, "DiT weights", exclude=(nnx.LoRAParam,))

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from cosmos_jax.models import variables
 from cosmos_jax.models.cosmos_tokenizer_layers import (
     CausalConv3d,
     CausalNormalize,
@@ -224,15 +225,11 @@ def abstract(cfg: Cosmos8x8x8Config) -> tuple[CosmosEncoder, CosmosDecoder]:
                 nnx.eval_shape(lambda: CosmosDecoder(cfg, rngs=nnx.Rngs(0))))
 
 
-def _flat_vars(model: nnx.Module) -> dict[str, nnx.Variable]:
-    return {".".join(map(str, p)): v for p, v in nnx.to_flat_state(nnx.state(model))}
-
-
 def torch_key_table(cfg: Cosmos8x8x8Config) -> dict[str, dict[str, tuple[str, tuple[int, ...]]]]:
     """{"encoder"|"decoder": {torch key: (our dotted path, torch shape)}} for the JIT file of that side."""
     out = {}
     for side, model in zip(("encoder", "decoder"), abstract(cfg), strict=True):
-        shapes = {p: tuple(v.get_value().shape) for p, v in _flat_vars(model).items()}
+        shapes = {p: tuple(v.get_value().shape) for p, v in variables.flat_vars(model, dotted=True).items()}
         table = {}
         for path, shape in shapes.items():
             mod, leaf = path.rsplit(".", 1)
@@ -261,29 +258,6 @@ def torch_to_ours(key: str, value: np.ndarray) -> np.ndarray:
     return np.transpose(value, (2, 3, 4, 1, 0)) if key.endswith("conv3d.weight") else value
 
 
-def _fill(model: nnx.Module, arrays: Mapping[str, np.ndarray], dtype, source: str) -> nnx.Module:
-    flat = _flat_vars(model)
-    missing, unexpected = sorted(set(flat) - set(arrays)), sorted(set(arrays) - set(flat))
-    bad = [f"{k}: {tuple(np.shape(arrays[k]))}, expected {tuple(v.get_value().shape)}" for k, v in flat.items()
-           if k in arrays and tuple(np.shape(arrays[k])) != tuple(v.get_value().shape)]
-    if missing or unexpected or bad:
-        raise ValueError(f"{source}: does not match the tokenizer config: missing {missing}, unexpected "
-                         f"{unexpected}, mis-shaped {bad}")
-    for k, v in flat.items():
-        v.set_value(jnp.asarray(arrays[k], dtype=dtype))
-    return model
-
-
-def _flatten(tree: Mapping, prefix: str = "") -> dict[str, np.ndarray]:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, Mapping):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def read_meta(checkpoint_dir: str) -> dict:
     marker = os.path.join(checkpoint_dir, "meta.json")
     if not os.path.isfile(marker):
@@ -306,8 +280,10 @@ def load(checkpoint_dir: str, dtype: str = "bfloat16", **exec_overrides):
     state = ocp.StandardCheckpointer().restore(os.path.abspath(os.path.join(checkpoint_dir, "state")))
     enc, dec = abstract(cfg)
     src = os.path.join(checkpoint_dir, "state")
-    enc = _fill(enc, _flatten(state["encoder"]), jnp.dtype(dtype), f"{src} encoder")
-    dec = _fill(dec, _flatten(state["decoder"]), jnp.dtype(dtype), f"{src} decoder")
+    enc = variables.fill(enc, variables.flatten_dotted(state["encoder"]), f"{src} encoder (tokenizer config)",
+                         dotted=True, dtype=jnp.dtype(dtype))
+    dec = variables.fill(dec, variables.flatten_dotted(state["decoder"]), f"{src} decoder (tokenizer config)",
+                         dotted=True, dtype=jnp.dtype(dtype))
     mean, std = (np.asarray(state[k], np.float32) for k in ("mean", "std"))
     return cfg, enc, dec, mean, std
 

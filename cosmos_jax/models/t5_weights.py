@@ -23,7 +23,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from cosmos_jax.models import t5
+from cosmos_jax.models import t5, variables
 
 FORMAT = "cosmos_jax.t5/1"
 CONFIG = "config.json"
@@ -44,16 +44,6 @@ def unflat(flat: dict[str, np.ndarray]) -> dict:
         for p in parents:
             node = node.setdefault(p, {})
         node[last] = leaf
-    return out
-
-
-def _flat(tree: dict, prefix: str = "") -> dict[str, object]:
-    out: dict[str, object] = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
     return out
 
 
@@ -128,7 +118,8 @@ def _restore(path: str, want: dict[str, tuple[int, ...]], param_dtype, device) -
         raise FileNotFoundError(f"{path}: missing (an incomplete converted T5 folder? convert again)")
     ckptr = ocp.StandardCheckpointer()
     md = ckptr.metadata(path)
-    stored = {k: (tuple(m.shape), m.dtype) for k, m in _flat(dict(getattr(md, "item_metadata", md))).items()}
+    metadata = variables.flatten_dotted(dict(getattr(md, "item_metadata", md)))
+    stored = {k: (tuple(m.shape), m.dtype) for k, m in metadata.items()}
     missing, unexpected = sorted(set(want) - set(stored)), sorted(set(stored) - set(want))
     bad = [f"{k}: stored {stored[k][0]}, expected {want[k]}" for k in want if k in stored and stored[k][0] != want[k]]
     if missing or unexpected or bad:
@@ -137,7 +128,7 @@ def _restore(path: str, want: dict[str, tuple[int, ...]], param_dtype, device) -
     sharding = jax.sharding.SingleDeviceSharding(device)
     target = {k: jax.ShapeDtypeStruct(shape, param_dtype or dtype, sharding=sharding)
               for k, (shape, dtype) in stored.items()}
-    return _flat(ckptr.restore(path, unflat(target)))
+    return variables.flatten_dotted(ckptr.restore(path, unflat(target)))
 
 
 def load_model(path: str, param_dtype=None, device=None) -> t5.T5Encoder:
