@@ -28,6 +28,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from scripts.bench_common import write_result  # noqa: E402
 from scripts.bench_train import build  # noqa: E402
 
 ATTENTION_KERNELS = ("sdpa", "fmha", "flash", "attention")
@@ -131,10 +132,7 @@ def main(argv):
         "top_kernels_in_model_ms": dict(sorted(((n, t * 1e3) for n, t in model_k.items()),
                                                key=lambda x: -x[1])[:12]),
     }
-    os.makedirs(fl.out, exist_ok=True)
-    path = os.path.join(fl.out, f"{result['name']}_{result['card'].replace(' ', '-')}.json")
-    with open(path, "w") as fh:
-        json.dump(result, fh, indent=2)
+    path = write_result(result, fl.out, f"{result['name']}_{result['card'].replace(' ', '-')}.json")
     print(json.dumps(result, indent=2))
     print(f"wrote {path}")
 

@@ -8,7 +8,6 @@ its peak resident memory (VmHWM). Result: bench/results/convert_memory_<date>.js
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import time
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from scripts.bench_common import write_result  # noqa: E402
 
 flags.DEFINE_string("blocks", "2,4,8", "block counts")
 flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "dtype of the synthetic checkpoints")
@@ -61,10 +61,7 @@ def main(argv):
         print(rows[-1], flush=True)
     result = {"name": "convert_memory", "date": datetime.date.today().isoformat(), "dtype": F.dtype,
               "machine": f"{os.cpu_count()} cores", "command": " ".join(["python", *sys.argv]), "rows": rows}
-    os.makedirs("bench/results", exist_ok=True)
-    path = f"bench/results/convert_memory_{result['date']}.json"
-    with open(path, "w") as f:
-        json.dump(result, f, indent=2)
+    path = write_result(result, "bench/results", f"convert_memory_{result['date']}.json")
     print(f"wrote {path}")
 
 

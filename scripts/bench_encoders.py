@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from scripts.bench_common import peak_memory_gb, write_result  # noqa: E402
 
 
 def timed(f, *args, reps=5):
@@ -75,12 +76,8 @@ def main(argv):
     t_t5 = timed(fwd, tstate, ids, mask, reps=3)
     res["t5"] = {"config": "t5-11b encoder", "dtype": F.t5_dtype, "batch": F.t5_batch, "tokens": 512,
                  "batch_s": t_t5, "captions_per_s": F.t5_batch / t_t5}
-    stats = jax.devices()[0].memory_stats() or {}
-    res["peak_memory_gb"] = (stats.get("peak_bytes_in_use") or 0) / 2**30
-    os.makedirs(F.out, exist_ok=True)
-    path = os.path.join(F.out, f"encoders_{res['card'].replace(' ', '-')}.json")
-    with open(path, "w") as fh:
-        json.dump(res, fh, indent=2)
+    res["peak_memory_gb"] = peak_memory_gb(jax.devices()[:1]) or 0.0
+    write_result(res, F.out, f"encoders_{res['card'].replace(' ', '-')}.json")
     print(json.dumps(res, indent=2))
 
 

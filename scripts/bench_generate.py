@@ -22,6 +22,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from scripts.bench_common import peak_memory_gb, write_result  # noqa: E402
 
 
 def main(argv):
@@ -88,7 +89,6 @@ def main(argv):
         jax.block_until_ready(lat)
     total = time.perf_counter() - t0
     per_step = statistics.median(times[1:]) if len(times) > 1 else times[0]
-    peaks = [(d.memory_stats() or {}).get("peak_bytes_in_use") or 0 for d in jax.devices()[:f.context]]
     tokens = v * t_lat * (h_lat // 2) * (w_lat // 2)
     result = {"name": f"generate_{v}views_{cfg.num_blocks}blocks" + (f"_context{f.context}" if f.context > 1 else ""),
               "card": jax.devices()[0].device_kind, "num_devices": f.context, "date": datetime.date.today().isoformat(),
@@ -96,11 +96,8 @@ def main(argv):
               "views": v, "tokens": tokens, "num_steps": f.num_steps, "dtype": cfg.dtype,
               "first_step_s_incl_compile": times[0], "step_s": per_step, "total_s": total,
               "extrapolated_35_steps_s": per_step * 35,
-              "peak_memory_gb": max(peaks) / 2**30}
-    os.makedirs(f.out, exist_ok=True)
-    path = os.path.join(f.out, f"{result['name']}_{result['card'].replace(' ', '-')}.json")
-    with open(path, "w") as fh:
-        json.dump(result, fh, indent=2)
+              "peak_memory_gb": peak_memory_gb(jax.devices()[:f.context]) or 0.0}
+    write_result(result, f.out, f"{result['name']}_{result['card'].replace(' ', '-')}.json")
     print(json.dumps(result, indent=2))
 
 

@@ -20,6 +20,7 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import base, demo  # noqa: E402
 from cosmos_jax.data import dataset, pipeline, video  # noqa: E402
+from scripts.bench_common import write_result  # noqa: E402
 
 flags.DEFINE_enum("shape", "seed", ["seed", "demo"], "seed: 3 views x 57 frames at 576x1024; demo: configs/demo.py")
 flags.DEFINE_enum("source", "native", ["native", "resized", "cache"],
@@ -102,10 +103,7 @@ def main(argv):
         "threads": F.threads, "samples": F.samples, "samples_per_s": F.samples / dt,
         "s_per_sample": dt / F.samples, "dataset_build_s": time.time() - t0 - dt,
     }
-    os.makedirs("bench/results", exist_ok=True)
-    out = f"bench/results/loader_{F.shape}_{F.source}_{result['date']}.json"
-    with open(out, "w") as f:
-        json.dump(result, f, indent=2)
+    out = write_result(result, "bench/results", f"loader_{F.shape}_{F.source}_{result['date']}.json")
     print(json.dumps(result, indent=2))
     print(f"wrote {out}")
 

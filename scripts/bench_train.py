@@ -25,6 +25,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from scripts.bench_common import peak_memory_gb, write_result  # noqa: E402
 
 PEAK = 790e12
 
@@ -56,13 +57,6 @@ def gemm_tflops(n: int = 8192, reps: int = 10) -> float:
         f(a, a).block_until_ready()
         times.append(time.perf_counter() - t)
     return 2 * n**3 / statistics.median(times) / 1e12
-
-
-def peak_memory_gb() -> float | None:
-    """The largest peak over this process's devices."""
-    peaks = [(d.memory_stats() or {}).get("peak_bytes_in_use") for d in jax.local_devices()]
-    peaks = [p for p in peaks if p is not None]
-    return max(peaks) / 2**30 if peaks else None
 
 
 def build(config, devices: int = 0):
@@ -144,10 +138,7 @@ def main(argv):
     }
     if jax.process_index() != 0:
         return
-    os.makedirs(f.out, exist_ok=True)
-    path = os.path.join(f.out, f"{result['name']}_{result['card'].replace(' ', '-')}_{ndev}dev.json")
-    with open(path, "w") as fh:
-        json.dump(result, fh, indent=2)
+    path = write_result(result, f.out, f"{result['name']}_{result['card'].replace(' ', '-')}_{ndev}dev.json")
     print(json.dumps({k: v for k, v in result.items() if k != "step_times_s"}, indent=2))
     print(f"wrote {path}")
 
