@@ -29,9 +29,7 @@ def make_dataset(source: MultiviewWindows, seed: int, global_batch: int, dp_rank
     windows = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat(None)
     samples = windows.map_with_index(lambda p, w: source.sample(int(w), sample_rng(seed, p)))
     local = global_batch // dp_size
-    if local == global_batch:
-        return samples.batch(local, drop_remainder=True)
-    # local index q -> global position (q // local) * B + rank * local + q % local
+    # local index q -> global position (q // local) * B + rank * local + q % local (one process: q itself)
     positions = grain.MapDataset.range(len(samples) // dp_size).map(
         lambda q: (q // local) * global_batch + dp_rank * local + q % local)
     return positions.map(lambda p: samples[int(p)]).batch(local, drop_remainder=True)
