@@ -150,7 +150,7 @@ def run(f) -> dict:
 def write_grid(out: str, gen_VFHW3: np.ndarray, rig: inference.Rig, fps: float) -> tuple[str, str]:
     from PIL import Image
 
-    from cosmos_jax.samples import label
+    from cosmos_jax.samples import label, write_grid_mp4
 
     order = rig.grid_order()
     cols = 3 if len(order) >= 3 else len(order)
@@ -158,11 +158,8 @@ def write_grid(out: str, gen_VFHW3: np.ndarray, rig: inference.Rig, fps: float) 
     tiles = [blank if i is None else np.stack([label(fr, rig.names[i]) for fr in gen_VFHW3[i]]) for i in order]
     while len(tiles) % cols:
         tiles.append(blank)
-    rows = [np.concatenate(tiles[r:r + cols], axis=2) for r in range(0, len(tiles), cols)]
-    grid = np.concatenate(rows, axis=1)
-    grid = grid[:, : grid.shape[1] // 2 * 2, : grid.shape[2] // 2 * 2]
     grid_path = os.path.join(out, "grid.mp4")
-    video_io.write_mp4(grid_path, grid, fps=fps)
+    grid = write_grid_mp4(grid_path, [tiles[r:r + cols] for r in range(0, len(tiles), cols)], fps)
     f = grid.shape[0]
     sheet = np.concatenate([grid[t] for t in sorted({0, f // 2, f - 1})], axis=0)
     sheet_path = os.path.join(out, "sheet.png")

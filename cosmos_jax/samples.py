@@ -66,6 +66,16 @@ def grid_frames(rows: list[list[np.ndarray]]) -> np.ndarray:
     return np.concatenate([np.concatenate(r, axis=2) for r in rows], axis=1)
 
 
+def write_grid_mp4(path: str, rows: list[list[np.ndarray]], fps: float) -> np.ndarray:
+    """`grid_frames(rows)` cropped to even sizes (H.264) and written to `path`; returns the grid video."""
+    from cosmos_jax.data import video as video_io  # PyAV only where videos are written
+
+    grid = grid_frames(rows)
+    grid = grid[:, : grid.shape[1] // 2 * 2, : grid.shape[2] // 2 * 2]
+    video_io.write_mp4(path, grid, fps=fps)
+    return grid
+
+
 def write_comparison(out_dir: str, stem: str, real_VFHW3: np.ndarray, gen_VFHW3: np.ndarray, view_names,
                      fps: float, cond_views=(0,)) -> tuple[str, str]:
     """`<stem>_grid.mp4` (top row generated, bottom row real) and `<stem>_sheet.png` (one row per sampled time
@@ -76,12 +86,8 @@ def write_comparison(out_dir: str, stem: str, real_VFHW3: np.ndarray, gen_VFHW3:
                 enumerate(zip(gen_VFHW3, view_names, strict=True))]
     real_rows = [np.stack([label(f, tag(i, n, "real")) for f in r]) for i, (r, n) in
                  enumerate(zip(real_VFHW3, view_names, strict=True))]
-    grid = grid_frames([gen_rows, real_rows])
-    grid = grid[:, : grid.shape[1] // 2 * 2, : grid.shape[2] // 2 * 2]
-    from cosmos_jax.data import video as video_io  # PyAV only where videos are written
-
     mp4 = os.path.join(out_dir, f"{stem}_grid.mp4")
-    video_io.write_mp4(mp4, grid, fps=fps)
+    write_grid_mp4(mp4, [gen_rows, real_rows], fps)
     f = gen_VFHW3.shape[1]
     times = sorted({0, f // 3, 2 * f // 3, f - 1})
     sheet = np.concatenate([np.concatenate([np.concatenate([gen_rows[v][t], real_rows[v][t]], axis=1)
