@@ -5,13 +5,18 @@ from __future__ import annotations
 import numpy as np
 
 from converters import keymap, pt_io
+from converters.pt_reader import PtFormatError, PtIndex
 from cosmos_jax.models import build
 
 
 def pt_to_tree(path: str, model) -> dict[tuple[str, ...], np.ndarray]:
-    """{our path: numpy} from an upstream checkpoint, checked against `model`'s (possibly abstract) shapes."""
-    state = pt_io.load_state_dict(path)
-    arrays = {k: pt_io.tensor_to_numpy(v) for k, v in state.items() if not k.endswith(keymap.EXTRA_STATE_SUFFIX)}
+    """{our path: numpy} from an upstream checkpoint, checked against `model`'s (possibly abstract) shapes. Read
+    with the converters' streaming reader (no torch; the same one `dit_to_orbax` uses)."""
+    with PtIndex(path) as index:
+        bad = [k for k in index.other if not k.endswith(keymap.EXTRA_STATE_SUFFIX)]
+        if bad:
+            raise PtFormatError(f"{path}: entries that are not tensors: {bad[:5]}")
+        arrays = {k: index.read(k) for k in index.tensors if not k.endswith(keymap.EXTRA_STATE_SUFFIX)}
     return keymap.from_torch(arrays, build.flat_shapes(model), model.net.cfg.num_blocks, source=path)
 
 

@@ -1,4 +1,5 @@
-"""Read and write upstream `.pt` state dicts as numpy, dtype-exact (bf16 included). Imports torch lazily."""
+"""Write upstream `.pt` state dicts from numpy and convert tensors dtype-exactly (bf16 included); reading is
+converters/pt_reader.py (streaming, no torch). Imports torch lazily."""
 
 from __future__ import annotations
 
@@ -34,28 +35,6 @@ def numpy_to_tensor(a: np.ndarray):
     if a.dtype == ml_dtypes.bfloat16:
         return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
     return torch.from_numpy(a)
-
-
-def load_state_dict(path: str, mmap: bool = True) -> dict:
-    """The flat state dict of an upstream checkpoint as {key: torch.Tensor}; accepts a `{"model": ...}` wrapper.
-
-    `weights_only=True`: a checkpoint cannot run code. With mmap the tensors stay on disk until read.
-    """
-    torch = _torch()
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as e:
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
-    if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
-        obj = obj["model"]
-    if not isinstance(obj, Mapping):
-        raise ValueError(f"{path}: expected a state dict (mapping of key -> tensor), got {type(obj).__name__}")
-    bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor) and not k.endswith("_extra_state")]
-    if bad:
-        raise ValueError(f"{path}: entries that are not tensors: {bad[:5]}")
-    return dict(obj)
 
 
 def save_state_dict(state: Mapping[str, np.ndarray], path: str) -> None:
