@@ -79,8 +79,7 @@ def micro_loss(params, buffers, graphdef, batch, key, cfg: StepConfig, tokenizer
     k_sigma, k_eps, k_n, k_aug_s, k_aug_n, k_drop = jax.random.split(key, 6)
     sigma_B = edm.sample_sigma(k_sigma, (b,), cfg.p_mean, cfg.p_std)
     x_t = x0 + sigma_B[:, None, None, None, None, None] * jax.random.normal(k_eps, x0.shape)
-    indicator_VT = conditioning.training_indicator(k_n, cfg.condition_location, v, t, cfg.random_n_max)
-    indicator_BVT = jnp.broadcast_to(indicator_VT, (b, v, t))
+    indicator_BVT = conditioning.training_indicator(k_n, cfg.condition_location, b, v, t, cfg.random_n_max)
     if cfg.augment:
         sigma_aug_B = conditioning.sample_augment_sigma(k_aug_s, b, cfg.aug_p_mean, cfg.aug_p_std,
                                                         cfg.aug_multiplier)

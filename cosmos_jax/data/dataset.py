@@ -21,13 +21,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import threading
 
 import numpy as np
 
 from cosmos_jax.data import pickles, video
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm")
-MAX_SKIP_TRIES = 8
 log = logging.getLogger(__name__)
 
 
@@ -120,6 +120,10 @@ class MultiviewWindows:
         if not self.windows:
             raise ValueError(f"{spec.dataset_dir}: no window of {spec.num_frames} frames (interval "
                              f"{spec.sequence_interval}) in any clip of videos/{spec.view_keys[0]}/")
+        # windows are sorted by clip: the index just past each clip's last window
+        self._clip_end = {clip: i + 1 for i, (clip, _) in enumerate(self.windows)}
+        self._bad: dict[str, str] = {}  # clip -> why (on_bad_sample='skip'); grain reads from several threads
+        self._bad_lock = threading.Lock()
 
     def _read_prefix(self, view: str) -> np.ndarray | None:
         path = pickles.find_existing(pickles.prefix_candidates(self.spec.dataset_dir, view))
@@ -174,7 +178,7 @@ class MultiviewWindows:
                 raise BadSampleError(f"{e} (window start {start}, {spec.num_frames} frames)") from e
             try:
                 emb, mask = pickles.pad_tokens(self._text(int(vi), stem), spec.text_tokens)
-            except (pickles.BadEmbeddingError, OSError) as e:
+            except (pickles.BadEmbeddingError, pickles.UnsafePickleError, OSError) as e:
                 raise BadSampleError(str(e)) from e
             texts.append(emb)
             masks.append(mask)
@@ -185,20 +189,52 @@ class MultiviewWindows:
             "frame_repeat": np.zeros(len(views), np.float32), "window": np.int64(index), "skipped": np.int32(0),
         }
 
+    @property
+    def bad_clips(self) -> dict[str, str]:
+        """Clips found bad while sampling (clip -> the error), with on_bad_sample='skip'."""
+        with self._bad_lock:
+            return dict(self._bad)
+
+    def _mark_bad(self, clip: str, error: str) -> None:
+        with self._bad_lock:
+            if clip in self._bad:
+                return
+            self._bad[clip] = error
+        log.warning("skipping clip %s from now on (every window): %s", clip, error)
+
+    def _first_good(self, index: int) -> tuple[int | None, int]:
+        """The first window at or after `index` (cyclically, in window order) whose clip is not known bad, and
+        how many bad clips lie before it; None when every clip is bad."""
+        n, i = len(self.windows), index % len(self.windows)
+        with self._bad_lock:
+            bad = set(self._bad)
+        for passed in range(len(self._clip_end) + 1):
+            clip = self.windows[i][0]
+            if clip not in bad:
+                return i, passed
+            i = self._clip_end[clip] % n
+        return None, passed
+
     def sample(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """Window `index` with randomly chosen views; with on_bad_sample='skip' a bad window is replaced by the
-        next ones (at most MAX_SKIP_TRIES, counted in `skipped`), never retried without bound."""
+        """Window `index` with randomly chosen views.
+
+        With on_bad_sample='skip' a window that fails marks its whole clip bad (warned once per clip) and is
+        replaced by the first window after it, in window order, of a clip not known bad: a function of (index, bad
+        clips), so the stream stays reproducible. `skipped` counts the bad clips passed over (0: window `index`
+        itself). Only when every clip is bad does it raise.
+        """
         views = self.choose_views(rng)
-        errors = []
-        tries = 1 if self.spec.on_bad_sample == "error" else MAX_SKIP_TRIES
-        for k in range(tries):
+        if self.spec.on_bad_sample == "error":
+            return self.load_window(index, views)
+        while True:
+            i, passed = self._first_good(index)
+            if i is None:
+                last = list(self.bad_clips.items())[-1]
+                raise BadSampleError(f"every clip ({len(self._clip_end)}) is bad; last: {last[0]}: {last[1]}")
             try:
-                out = self.load_window((index + k) % len(self), views)
-                out["skipped"] = np.int32(k)
-                return out
+                out = self.load_window(i, views)
             except BadSampleError as e:
-                if self.spec.on_bad_sample == "error":
-                    raise
-                log.warning("skipping sample: %s", e)
-                errors.append(str(e))
-        raise BadSampleError(f"{MAX_SKIP_TRIES} consecutive bad windows from {index}; last: {errors[-1]}")
+                self._mark_bad(self.windows[i][0], str(e))
+                continue
+            out["skipped"] = np.int32(passed)
+            return out

@@ -2,7 +2,8 @@
 
 Walks every clip and view of a dataset folder, decodes every video, reads every embedding the config will use,
 reports every problem with its file, prints a summary (clips, windows, views, frames, fps, sizes, embeddings) and
-exits 1 if anything is wrong.
+exits 1 if anything is wrong. The held-out set that training validates on (data.val_dataset_dir, else
+<dataset_dir>/heldout when it has videos/) is checked the same way, its problems prefixed with its folder.
 """
 
 from __future__ import annotations
@@ -16,21 +17,31 @@ from ml_collections import config_flags
 
 from cosmos_jax.data import dataset, pickles, video
 
+EMBEDDING_ERRORS = (pickles.BadEmbeddingError, pickles.UnsafePickleError, OSError)
 
-def validate(spec: dataset.DataSpec, out=sys.stdout) -> list[str]:
-    """Every problem found (empty = valid); prints the report to `out`."""
+
+def validate(spec: dataset.DataSpec, out=sys.stdout, label: str = "") -> list[str]:
+    """Every problem found (empty = valid), each starting with `label`; prints the report to `out`."""
     problems: list[str] = []
     info: list[str] = []
     root = spec.dataset_dir
     try:
         clips = dataset.list_clips(spec)
     except FileNotFoundError as e:
-        print(f"PROBLEM {e}", file=out)
-        return [str(e)]
+        print(f"PROBLEM {label}{e}", file=out)
+        return [f"{label}{e}"]
     front_dir = os.path.join(root, "videos", spec.view_keys[0])
     others = sorted(set(os.listdir(front_dir)) - set(clips))
     problems += [f"{os.path.join(front_dir, n)}: not a video file (upstream's loader would read it as a clip)"
                  for n in others if not n.startswith(".")]
+    if not clips:
+        problems.append(f"{front_dir}/: no video files (the clips are the videos of the first view)")
+    empty_views = set()
+    for view in spec.view_keys[1:]:
+        problem = _empty_view_problem(root, view, clips)
+        if problem:
+            empty_views.add(view)  # one problem for the folder rather than one per clip
+            problems.append(problem)
     for view in spec.view_keys:
         path = pickles.find_existing(pickles.prefix_candidates(root, view))
         needed = spec.load_mv_emb or view != spec.view_keys[0]
@@ -39,7 +50,7 @@ def validate(spec: dataset.DataSpec, out=sys.stdout) -> list[str]:
         elif path is not None:
             try:
                 pickles.read_embedding(path, spec.embed_dim)
-            except (pickles.BadEmbeddingError, OSError) as e:
+            except EMBEDDING_ERRORS as e:
                 problems.append(str(e))
     fps_seen, sizes, frames = collections.Counter(), collections.Counter(), collections.Counter()
     per_view = {v: collections.Counter() for v in spec.view_keys}
@@ -48,6 +59,20 @@ def validate(spec: dataset.DataSpec, out=sys.stdout) -> list[str]:
         stem = os.path.splitext(clip)[0]
         counts = {}
         for vi, view in enumerate(spec.view_keys):
+            if spec.load_mv_emb or vi == 0:  # the caption is read whether or not the video decodes
+                cands = pickles.caption_candidates(root, view, stem)
+                emb_path = pickles.find_existing(cands)
+                if emb_path is None:
+                    emb_missing += 1
+                    problems.append(f"{cands[0]}: caption embedding missing")
+                else:
+                    emb_read += 1
+                    try:
+                        pickles.read_embedding(emb_path, spec.embed_dim)
+                    except EMBEDDING_ERRORS as e:
+                        problems.append(str(e))
+            if view in empty_views:
+                continue
             path = os.path.join(root, "videos", view, clip)
             try:
                 vinfo = video.probe(path)
@@ -61,18 +86,6 @@ def validate(spec: dataset.DataSpec, out=sys.stdout) -> list[str]:
             per_view[view][vinfo.num_frames] += 1
             if vinfo.num_frames < spec.span:
                 problems.append(f"{path}: {vinfo.num_frames} frames, fewer than a window needs ({spec.span})")
-            if spec.load_mv_emb or vi == 0:
-                cands = pickles.caption_candidates(root, view, stem)
-                emb_path = pickles.find_existing(cands)
-                if emb_path is None:
-                    emb_missing += 1
-                    problems.append(f"{cands[0]}: caption embedding missing")
-                else:
-                    emb_read += 1
-                    try:
-                        pickles.read_embedding(emb_path, spec.embed_dim)
-                    except (pickles.BadEmbeddingError, OSError) as e:
-                        problems.append(str(e))
         if len(set(counts.values())) > 1:
             problems.append(f"{clip}: views have different frame counts {counts}")
         if counts:
@@ -98,10 +111,54 @@ def validate(spec: dataset.DataSpec, out=sys.stdout) -> list[str]:
     print(f"  caption embeddings: {emb_read} read, {emb_missing} missing, {n_extra} extra", file=out)
     for line in info:
         print(f"  note: {line}", file=out)
+    problems = [f"{label}{p}" for p in problems]
     for p in problems:
         print(f"PROBLEM {p}", file=out)
     print(f"{'OK' if not problems else f'{len(problems)} problem(s)'}", file=out)
     return problems
+
+
+def _empty_view_problem(root: str, view: str, clips: list[str]) -> str | None:
+    """A view folder that holds none of the clips' videos (every window would fail), as one problem."""
+    if not clips:
+        return None
+    d = os.path.join(root, "videos", view)
+    if not os.path.isdir(d):
+        return f"{d}/: no such folder (expected one video per clip, {len(clips)} clips)"
+    names = set(os.listdir(d))
+    if names & set(clips):
+        return None
+    vids = sorted(n for n in names if n.lower().endswith(dataset.VIDEO_EXTENSIONS) and not n.startswith("."))
+    if not vids:
+        return f"{d}/: no video files (expected one per clip, {len(clips)} clips)"
+    return (f"{d}/: none of the {len(clips)} clips has a video here ({len(vids)} other video file(s), e.g. "
+            f"{vids[0]}; names must match the first view's)")
+
+
+def heldout_dir(config) -> str | None:
+    """The held-out folder training validates on (as cosmos_jax.validation.heldout_dir picks it; not imported
+    here, it pulls in the model), or None when training would validate on its own dataset."""
+    d = config.data.get("val_dataset_dir", "") or ""
+    if d:
+        return d
+    sub = os.path.join(config.data.dataset_dir, "heldout")
+    return sub if os.path.isdir(os.path.join(sub, "videos")) else None
+
+
+def validate_config(config, out=sys.stdout) -> list[str]:
+    """The training dataset and the held-out set of a config; held-out problems carry the held-out folder."""
+    problems = validate(dataset.DataSpec.from_config(config), out)
+    held = heldout_dir(config)
+    if held is None:
+        print("held-out: none (no data.val_dataset_dir, no <dataset_dir>/heldout/videos): training validates on "
+              "its own windows", file=out)
+        return problems
+    label = f"held-out {held}: "
+    if not os.path.isdir(os.path.join(held, "videos")):
+        msg = f"{label}no videos/ folder (data.val_dataset_dir): the validation loss and samples would be off"
+        print(f"PROBLEM {msg}", file=out)
+        return problems + [msg]
+    return problems + validate(dataset.DataSpec.from_config(config, dataset_dir=held), out, label)
 
 
 def main(argv):
@@ -109,7 +166,8 @@ def main(argv):
     config = flags.FLAGS.config
     if config is None:
         raise app.UsageError("--config is required")
-    problems = validate(dataset.DataSpec.from_config(config))
+    problems = validate_config(config)
+    print(f"{'OK' if not problems else f'{len(problems)} problem(s) in all'}")
     sys.exit(1 if problems else 0)
 
 

@@ -44,17 +44,21 @@ def condition_indicator(location: str, num_views: int, num_t: int, num_condition
     return jnp.clip(ind, 0.0, 1.0).astype(jnp.float32)
 
 
-def sample_num_condition_t(key: jax.Array, t_max: int, t_min: int = 0) -> jax.Array:
-    """n ~ Uniform{t_min, ..., t_max}, drawn once per step for the whole batch (upstream torch.randint)."""
-    return jax.random.randint(key, (), t_min, t_max + 1)
+def sample_num_condition_t(key: jax.Array, batch: int, t_max: int, t_min: int = 0) -> jax.Array:
+    """n_B ~ Uniform{t_min, ..., t_max}, one per sample (upstream: torch.randint(t_min, t_max + 1) per GPU, which
+    holds one sample)."""
+    return jax.random.randint(key, (batch,), t_min, t_max + 1)
 
 
-def training_indicator(key: jax.Array, location: str, num_views: int, num_t: int, t_max: int) -> jax.Array:
-    """The training-time [V, T] indicator for the two training locations."""
+def training_indicator(key: jax.Array, location: str, batch: int, num_views: int, num_t: int, t_max: int
+                       ) -> jax.Array:
+    """The training-time [B, V, T] indicator for the two training locations (random_n: n drawn per sample)."""
     if location not in TRAIN_LOCATIONS:
         raise ValueError(f"conditioning.condition_location={location!r}: training supports {TRAIN_LOCATIONS}")
-    n = sample_num_condition_t(key, t_max) if location == "first_cam_and_random_n" else 0
-    return condition_indicator(location, num_views, num_t, n)
+    if location == "first_cam":
+        return jnp.broadcast_to(condition_indicator(location, num_views, num_t), (batch, num_views, num_t))
+    n_B = sample_num_condition_t(key, batch, t_max)
+    return jax.vmap(lambda n: condition_indicator(location, num_views, num_t, n))(n_B)
 
 
 def sample_augment_sigma(key: jax.Array, batch: int, p_mean: float = -3.0, p_std: float = 2.0,

@@ -107,13 +107,82 @@ def test_bad_input_error_names_file_or_is_counted(root, tmp_path, what):
     assert int(out["skipped"]) >= 1 and skipper.windows[int(out["window"])][0] != "clip1.mp4"
 
 
-def test_skip_is_bounded(tmp_path):
+def test_skip_fails_only_when_every_clip_is_bad(tmp_path):
     root = fx.build(str(tmp_path), clips=(10,) * 2)
     for c in ("clip0", "clip1"):
         os.remove(os.path.join(root, f"t5_xxl/pinhole_front/{c}.pkl"))
     src = dataset.MultiviewWindows(spec(root, on_bad_sample="skip"))
-    with pytest.raises(dataset.BadSampleError, match="8 consecutive bad windows"):
+    with pytest.raises(dataset.BadSampleError, match=r"every clip \(2\) is bad; last: clip\d\.mp4: .*caption emb"):
         src.sample(0, np.random.default_rng(0))
+    assert sorted(src.bad_clips) == ["clip0.mp4", "clip1.mp4"]
+    with pytest.raises(dataset.BadSampleError, match="every clip"):  # known bad: no decode, same answer
+        src.sample(3, np.random.default_rng(1))
+
+
+def test_skip_replaces_the_whole_bad_clip(tmp_path, caplog):
+    root = fx.build(str(tmp_path), clips=(20, 14, 12, 11))  # 12, 6, 4, 3 windows
+    src = dataset.MultiviewWindows(spec(root, on_bad_sample="skip"))
+    assert [c for c, _ in src.windows].count("clip1.mp4") == 6 and len(src) == 25
+    # corrupt a side view after the probe (which reads the front only): only samples that draw it fail to decode
+    path = os.path.join(root, "videos/pinhole_front_left/clip1.mp4")
+    with open(path, "r+b") as f:
+        head = f.read(12)
+        f.seek(0)
+        f.truncate()
+        f.write(head + os.urandom(2000))
+    bad = [i for i, (c, _) in enumerate(src.windows) if c == "clip1.mp4"]
+    first_clip2 = src.windows.index(("clip2.mp4", 0))
+    with_front_left = next(s for s in range(100) if 1 in src.choose_views(np.random.default_rng(s)))
+    without = next(s for s in range(100) if 1 not in src.choose_views(np.random.default_rng(s)))
+    caplog.set_level("WARNING", logger=dataset.log.name)
+    out = src.sample(bad[2], np.random.default_rng(with_front_left))
+    assert int(out["window"]) == first_clip2 and int(out["skipped"]) == 1
+    assert list(src.bad_clips) == ["clip1.mp4"] and "pinhole_front_left/clip1.mp4" in src.bad_clips["clip1.mp4"]
+    # from now on every window of clip1 is replaced, even those whose views would decode, by the next clip's first
+    out = src.sample(bad[0], np.random.default_rng(without))
+    assert int(out["window"]) == first_clip2 and int(out["skipped"]) == 1
+    # many samples from several threads (as grain reads): never raises, never clip1, one warning in all
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = [(i, s) for s in range(4) for i in range(len(src))]
+    with ThreadPoolExecutor(8) as pool:
+        outs = list(pool.map(lambda a: src.sample(a[0], np.random.default_rng(a[1])), jobs))
+    for (i, _), o in zip(jobs, outs, strict=True):
+        assert src.windows[int(o["window"])][0] != "clip1.mp4"
+        assert (int(o["window"]), int(o["skipped"])) == ((first_clip2, 1) if i in bad else (i, 0))
+    assert sum(int(o["skipped"]) for o in outs) == 4 * len(bad)
+    warned = [r for r in caplog.records if r.levelname == "WARNING" and "clip1.mp4" in r.getMessage()]
+    assert len(warned) == 1 and "pinhole_front_left/clip1.mp4" in warned[0].getMessage()
+    assert "cannot decode" in warned[0].getMessage() or "frames" in warned[0].getMessage()
+
+
+def test_skip_scans_past_consecutive_bad_clips_and_wraps(tmp_path):
+    root = fx.build(str(tmp_path), clips=(10, 10, 10))
+    src = dataset.MultiviewWindows(spec(root, on_bad_sample="skip"))
+    for c in ("clip1", "clip2"):
+        os.remove(os.path.join(root, f"videos/pinhole_front/{c}.mp4"))
+    out = src.sample(src.windows.index(("clip1.mp4", 1)), np.random.default_rng(0))
+    # clip1 fails, then clip2, then the scan wraps to clip0's first window
+    assert int(out["window"]) == 0 and int(out["skipped"]) == 2 and sorted(src.bad_clips) == ["clip1.mp4", "clip2.mp4"]
+    assert int(src.sample(4, np.random.default_rng(0))["window"]) == 0
+
+
+def test_error_mode_raises_at_once(tmp_path):
+    root = fx.build(str(tmp_path), clips=(10, 10))
+    src = dataset.MultiviewWindows(spec(root))
+    os.remove(os.path.join(root, "videos/pinhole_front/clip0.mp4"))
+    with pytest.raises(dataset.BadSampleError, match="pinhole_front/clip0.mp4: video file missing"):
+        src.sample(0, np.random.default_rng(0))
+    assert src.bad_clips == {}
+
+
+def test_unsafe_caption_pickle_is_a_bad_sample(tmp_path):
+    root = fx.build(str(tmp_path), clips=(10, 10))
+    with open(os.path.join(root, "t5_xxl/pinhole_front/clip0.pkl"), "wb") as f:
+        f.write(b"cos\nsystem\n(S'true'\ntR.")
+    src = dataset.MultiviewWindows(spec(root, on_bad_sample="skip"))
+    out = src.sample(0, np.random.default_rng(0))
+    assert src.windows[int(out["window"])][0] == "clip1.mp4" and "refused to load pickle" in src.bad_clips["clip0.mp4"]
 
 
 def test_missing_folder_and_prefix_are_explained(tmp_path):
