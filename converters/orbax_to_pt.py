@@ -5,7 +5,9 @@ Our checkpoints -> upstream `.pt` files that upstream's tools load (flat `net.*`
   and `iter_{N:09d}_ema_model.pt` (fp32), from the latest step or `--step`; the same code as the export at each
   save during training. For upstream inference, use the EMA file as `<checkpoint_dir>/<name>/model.pt`.
 - converted base weights: `model.pt` in the stored dtype (`.pt -> Orbax -> .pt` is bit-exact).
-Memory: the output state dict is assembled in host RAM (7B: 14.5 GB bf16 reg, 28.9 GB fp32 EMA).
+Memory: the files are streamed one tensor at a time (converters/pt_io.PtWriter). A job's export restores its params,
+buffers and EMA to host RAM first (7B full fine-tune: ~58 GB fp32), then adds about one block (cosmos_jax/export.py);
+base weights are read one block folder at a time.
 """
 
 from __future__ import annotations
@@ -24,17 +26,35 @@ def _orbax_dir(src: str) -> str | None:
     return None
 
 
+def _lora_scale(src: str, state) -> float:
+    """alpha / rank of a LoRA job (from its config.json); 0 for a full fine-tune."""
+    from cosmos_jax import checkpoint, lora
+    from cosmos_jax import train_state as ts
+    from cosmos_jax.models import build
+
+    if not lora.has_lora(ts.flat(state["params"])):
+        return 0.0
+    orbax = _orbax_dir(src)
+    cfg = build.dit_config(checkpoint.job_config(os.path.dirname(os.path.abspath(orbax))))
+    if not cfg.lora_rank:
+        raise ValueError(f"{src}: the checkpoint holds LoRA adapters but its config.json has no lora.rank")
+    return cfg.lora_alpha / cfg.lora_rank
+
+
 def export_job(src: str, dst: str, step: int | None = None) -> list[str]:
-    """Reg + EMA `.pt` of a job's checkpoint (restores only params, buffers and EMA, on the CPU)."""
-    from cosmos_jax import checkpoint
+    """Reg + EMA `.pt` of a job's checkpoint (restores only params, buffers and EMA, on the CPU; LoRA adapters
+    merged with the job's alpha / rank)."""
+    from cosmos_jax import checkpoint, export
 
     step, state = checkpoint.restore_job_weights(src, step)
-    num_blocks = np.asarray(state["params"]["net"]["blocks"]["fa"]["attn"]["to_q"]["kernel"]).shape[0]
-    return list(checkpoint.export_pt(state, int(num_blocks), dst, step))
+    reg, _ = export._sources(state)
+    num_blocks = np.shape(reg[("net", "blocks", "fa", "attn", "to_q", "kernel")])[0]
+    return list(export.export_pt(state, int(num_blocks), dst, step, lora_scale=_lora_scale(src, state)))
 
 
 def export_base(src: str, dst: str) -> str:
-    """`model.pt` of converted base weights, in their stored dtype."""
+    """`model.pt` of converted base weights, in their stored dtype; streamed: the non-block tensors, then one block
+    folder at a time."""
     import orbax.checkpoint as ocp
 
     from converters import keymap, pt_io
@@ -42,18 +62,30 @@ def export_base(src: str, dst: str) -> str:
     from cosmos_jax import train_state as ts
 
     meta = base_weights.read_meta(src)
+    n = meta["num_blocks"]
+    stored = {p[1:]: (p[0], shape, dtype) for p, (shape, dtype) in base_weights.flat_metadata(src).items()}
+    table = keymap.torch_table({p: shape for p, (_, shape, _) in stored.items()}, n)
+    entries = [(key, shape, np.dtype(stored[e.path][2])) for (key, shape), (_, e, _) in
+               zip(table, keymap.expand(n), strict=True)]
     ckptr = ocp.PyTreeCheckpointer()
 
-    def load(path):
-        return ts.flat(ckptr.restore(os.path.abspath(path)))
+    def load(folder: str) -> dict:
+        return {p[1:]: np.asarray(a) for p, a in ts.flat(ckptr.restore(os.path.abspath(os.path.join(src, folder))))
+                .items()}
 
-    flat = {p[1:]: np.asarray(a) for p, a in load(os.path.join(src, "rest")).items()}
-    pieces = [load(os.path.join(src, f"block_{i:03d}")) for i in range(meta["num_blocks"])]
-    for p in pieces[0] if pieces else []:
-        flat[p[1:]] = np.stack([np.asarray(b[p]) for b in pieces])
     os.makedirs(dst, exist_ok=True)
     out = os.path.join(dst, "model.pt")
-    pt_io.save_state_dict(keymap.to_torch(flat, meta["num_blocks"]), out)
+    rest, block, block_i = load("rest"), None, None
+    with pt_io.PtWriter(out, entries) as w:
+        for (key, e, i), (_, _, dtype) in zip(keymap.expand(n), entries, strict=True):
+            if i is None:
+                arr = rest[e.path]
+            else:
+                if block_i != i:
+                    block, block_i = None, i
+                    block = load(f"block_{i:03d}")
+                arr = block[e.path]
+            w.add(key, np.ascontiguousarray(arr.T if e.transpose else arr).astype(dtype, copy=False))
     return out
 
 

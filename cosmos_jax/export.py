@@ -1,0 +1,185 @@
+"""Streaming export of a train state to upstream `.pt` files: one tensor at a time, never the whole model on host.
+
+`export_pt` writes `iter_{N:09d}_reg_model.pt` (bf16, every floating tensor, buffers included) and
+`iter_{N:09d}_ema_model.pt` (fp32) with upstream keys in upstream order (converters/keymap.py), LoRA adapters
+merged. Both files are open at once (converters/pt_io.PtWriter, no torch); for each key, in order (head, block 0..L-1,
+tail), the tensor is sliced to its block on the device by a jitted function (the block index is an argument, so one
+compilation serves every block), the adapters are merged there, it is cast to the file's dtype and transposed to
+torch's layout, then fetched, written and freed; the next tensor is computed while one is written. Host memory grows
+by a few of the largest tensors, not by the model (7B on an H200: +1.4 GB, 43 GB written in ~75 s;
+scripts/bench_export_memory.py).
+
+The files are bit-identical to the whole-state algorithm (lora.merge + keymap.to_torch + numpy casts): the merge
+`kernel + scale * (a @ b)` is computed as numpy's einsum does it, a sum of rank-1 products in order with each
+product and each sum rounded to fp32 separately (see `_merge`), then rounded to the kernel's dtype.
+
+Multi-process: every process calls `export_pt` (arrays sharded over other processes' devices are all-gathered one
+tensor at a time); process 0 writes. `state` may also hold host numpy arrays (checkpoint.restore_job_weights): those
+are sliced on the host and the slice is processed on the default device.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+
+from converters import keymap, pt_io
+from cosmos_jax import train_state as ts
+
+REG_DTYPE = np.dtype(ml_dtypes.bfloat16)
+EMA_DTYPE = np.dtype(np.float32)
+LORA_LEAVES = ("lora_a", "lora_b")
+_NAME_LEN = len("iter_000000000_reg_model.pt")
+
+
+def export_paths(out_dir: str, step: int) -> tuple[str, str]:
+    return (os.path.join(out_dir, f"iter_{step:09d}_reg_model.pt"),
+            os.path.join(out_dir, f"iter_{step:09d}_ema_model.pt"))
+
+
+def _sources(state) -> tuple[dict, dict]:
+    """({path: leaf} the reg file is made of, the same for the EMA file); adapters (lora_a, lora_b) included."""
+    buffers = ts.flat(state.get("buffers", {}))
+    reg = {**ts.flat(state["params"]), **buffers}
+    return reg, ({**ts.flat(state["ema"]), **buffers} if "ema" in state else None)
+
+
+def _table(src: dict, num_blocks: int) -> list[tuple[str, keymap.Entry, int | None, tuple[int, ...]]]:
+    """(torch key, entry, block index or None, torch shape) of every tensor, in upstream's order."""
+    shapes = {p: tuple(a.shape) for p, a in src.items() if p[-1] not in LORA_LEAVES}
+    table = keymap.torch_table(shapes, num_blocks)  # checks that the tree and the key map agree
+    return [(key, e, i, shape) for (key, e, i), (_, shape) in zip(keymap.expand(num_blocks), table, strict=True)]
+
+
+def pt_export_nbytes(state_or_abstract, num_blocks: int) -> int:
+    """Bytes the two files of `export_pt` will take (an upper bound within a few hundred bytes a tensor), from
+    shapes only: works on trees of jax.ShapeDtypeStruct (e.g. the abstract train state)."""
+    reg, _ = _sources(state_or_abstract)
+    table = _table(reg, num_blocks)
+    return sum(pt_io.pt_nbytes([(k, s, d) for k, _, _, s in table], _NAME_LEN) for d in (REG_DTYPE, EMA_DTYPE))
+
+
+def _block(x, i):
+    return x if i is None else jax.lax.dynamic_index_in_dim(x, i, keepdims=False)
+
+
+@jax.jit
+def _adapters_f64(a, b, i, scale):
+    """Block i's adapters and the scale as fp64 arrays (exact: they are fp32 values). Made in a computation of
+    their own so that the merge sees fp64 inputs, not conversions it could narrow back to fp32 (see _merge)."""
+    f64 = jnp.float64
+    return _block(a, i).astype(jnp.float32).astype(f64), _block(b, i).astype(jnp.float32).astype(f64), \
+        jnp.asarray(scale, jnp.float32).astype(f64)
+
+
+@jax.jit
+def _merge(kernel, i, a64, b64, scale64):
+    """lora.merge of block i's kernel, bit for bit: (kernel_f32 + (a @ b) * scale).astype(kernel.dtype), where
+    numpy's einsum over the stacked arrays sums the rank-1 products in order from 0, rounding each product and each
+    sum to fp32. A product of two fp32 values taken in fp64 is exact, so rounding it to fp32 is the fp32 product;
+    because its inputs are fp64 arrays (not conversions of fp32 values), the compiler can neither narrow it to an
+    fp32 multiply nor fuse it with the following sum into an FMA (one rounding instead of two), which is why the
+    merged kernels are bit-identical to lora.merge (a matmul is not)."""
+    f32 = jnp.float32
+    delta = None
+    for j in range(a64.shape[-1]):
+        term = (a64[:, j:j + 1] * b64[j:j + 1, :]).astype(f32)
+        # numpy starts from 0 and 0 + (-0) = +0 (XLA would simplify an explicit `0 + term` to term)
+        delta = jnp.where(term == 0, jnp.zeros((), f32), term) if delta is None else delta + term
+    delta = (delta.astype(jnp.float64) * scale64).astype(f32)
+    base = _block(kernel, i)
+    return (base.astype(f32) + delta).astype(base.dtype)
+
+
+def _merged(kernel, a, b, i, scale):
+    with jax.enable_x64(True):
+        return _merge(kernel, i, *_adapters_f64(a, b, i, scale))
+
+
+@functools.partial(jax.jit, static_argnames=("transpose", "dtype"))
+def _device_tensor(x, i, *, transpose: bool, dtype):
+    """One upstream tensor from our leaf: block `i` (None: not stacked), cast as numpy's
+    np.asarray(v, np.float32).astype(dtype), transposed to torch's layout."""
+    x = _block(x, i).astype(jnp.float32).astype(dtype)
+    return x.T if transpose else x
+
+
+def _tensor(src: dict, entry: keymap.Entry, i: int | None, scale, dtype: np.dtype):
+    """Dispatch the device computation of one tensor of one file (not yet fetched)."""
+    x = src[entry.path]
+    lora_a = entry.path[:-1] + ("lora_a",)
+    ab = (src[lora_a], src[entry.path[:-1] + ("lora_b",)]) if entry.path[-1] == "kernel" and lora_a in src else ()
+    if i is not None and not all(isinstance(t, jax.Array) for t in (x, *ab)):  # host arrays: slice on the host
+        x, ab, i = x[i], tuple(t[i] for t in ab), None
+    idx = None if i is None else np.int32(i)
+    if ab:
+        x, idx = _merged(x, *ab, idx, scale), None
+    return _device_tensor(x, idx, transpose=entry.transpose, dtype=dtype)
+
+
+def _prefetch(y) -> None:
+    if isinstance(y, jax.Array) and y.is_fully_addressable:
+        y.copy_to_host_async()
+
+
+def _fetch(y) -> np.ndarray:
+    """The array on the host (all-gathered when it spans other processes; every process must call it)."""
+    if not isinstance(y, jax.Array) or y.is_fully_addressable:
+        return np.asarray(jax.device_get(y))
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(y, tiled=True))
+
+
+def _stream(reg_src: dict, ema_src: dict, table, scale) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """(key, reg array, EMA array) in order; the next tensor is computed and copied while one is written."""
+    pending = None
+    for key, e, i, _ in table:
+        ys = (_tensor(reg_src, e, i, scale, REG_DTYPE), _tensor(ema_src, e, i, scale, EMA_DTYPE))
+        for y in ys:
+            _prefetch(y)
+        if pending is not None:
+            yield pending[0], _fetch(pending[1][0]), _fetch(pending[1][1])
+        pending = (key, ys)
+    if pending is not None:
+        yield pending[0], _fetch(pending[1][0]), _fetch(pending[1][1])
+
+
+def export_pt(state, num_blocks: int, out_dir: str, step: int, lora_scale: float = 0.0) -> tuple[str, str] | None:
+    """`iter_{N:09d}_reg_model.pt` (bf16) and `_ema_model.pt` (fp32) in `out_dir`, streamed (see the module
+    docstring); LoRA adapters merged with `lora_scale` (alpha / rank). Every process calls it; returns
+    (reg_path, ema_path) on process 0, None elsewhere. Nothing is left under the final names unless both files are
+    complete, and no temporary file is left after an error."""
+    reg_src, ema_src = _sources(state)
+    if ema_src is None:
+        raise KeyError("export_pt: the state has no 'ema'")
+    table = _table(reg_src, num_blocks)
+    _table(ema_src, num_blocks)
+    reg_path, ema_path = export_paths(out_dir, step)
+    writing = jax.process_index() == 0
+    writers: list[pt_io.PtWriter] = []
+    try:
+        if writing:
+            os.makedirs(out_dir, exist_ok=True)
+            for path, dtype in ((reg_path, REG_DTYPE), (ema_path, EMA_DTYPE)):
+                writers.append(pt_io.PtWriter(path, [(k, s, dtype) for k, _, _, s in table]))
+        for key, reg, ema in _stream(reg_src, ema_src, table, np.float32(lora_scale)):
+            if writing:
+                writers[0].add(key, reg)
+                writers[1].add(key, ema)
+            del reg, ema
+        for w in writers:
+            w.finish()
+    except BaseException:
+        for w in writers:
+            w.abort()
+        raise
+    for w in writers:
+        w.commit()
+    return (reg_path, ema_path) if writing else None
