@@ -69,8 +69,9 @@ def get_config() -> ml_collections.ConfigDict:
     # Validation samples at each save: view extension of a held-out clip from the EMA weights.
     c.samples = ml_collections.ConfigDict(dict(enabled=True, num_steps=35, guidance=7.0))
     c.lora = ml_collections.ConfigDict(dict(rank=0, alpha=0.0, targets=()))  # targets: upstream names
+    # max_to_keep: Orbax checkpoints kept; export_max_to_keep: `.pt` exports kept (0 = max_to_keep; 7B: 43 GB each).
     c.checkpoint = ml_collections.ConfigDict(dict(
-        save_iter=200, max_to_keep=3, export_pt=True, load_path="",
+        save_iter=200, max_to_keep=3, export_pt=True, export_max_to_keep=0, load_path="",
     ))
     c.max_iter = 2000
     c.log_every = 10

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 
 import jax
-import ml_dtypes
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -25,24 +25,112 @@ from cosmos_jax import train_state as ts
 log = logging.getLogger(__name__)
 
 
+class SaveError(OSError):
+    """A checkpoint or export that could not be written; names the folder, the bytes needed and the last complete
+    checkpoint."""
+
+
+def saved_part(state, lora: bool) -> dict:
+    """What a checkpoint stores. A LoRA job's `buffers` (the frozen base and the fixed buffers) are not stored at
+    each step: they are re-read from `checkpoint.load_path`, or re-made from the seed, when the job resumes."""
+    return {k: v for k, v in state.items() if not (lora and k == "buffers")}
+
+
+def tree_nbytes(tree) -> int:
+    return int(sum(np.prod(a.shape, dtype=np.int64) * np.dtype(a.dtype).itemsize for a in jax.tree.leaves(tree)))
+
+
+def free_bytes(folder: str) -> int:
+    """Free bytes of the file system that holds `folder` (or its nearest existing parent)."""
+    while not os.path.isdir(folder):
+        folder = os.path.dirname(os.path.abspath(folder))
+    return shutil.disk_usage(folder).free
+
+
+def ensure_space(folder: str, needed: int, what: str, last_step: int | None) -> None:
+    free = free_bytes(folder)
+    if free < needed:
+        raise SaveError(f"not enough space for {what} in {folder}: needs {needed / 1e9:.2f} GB, "
+                        f"{free / 1e9:.2f} GB free (No space left on device); the last complete checkpoint is "
+                        f"{f'step {last_step}' if last_step is not None else 'none'}. Free space or raise "
+                        "checkpoint.save_iter / lower checkpoint.max_to_keep, then rerun to resume.")
+
+
+def complete_steps(job_dir: str) -> list[int]:
+    """Steps with a complete Orbax checkpoint (Orbax writes `<step>.orbax-checkpoint-tmp-*` and renames)."""
+    root = os.path.join(job_dir, "orbax")
+    return sorted(int(n) for n in os.listdir(root) if n.isdigit()) if os.path.isdir(root) else []
+
+
+def remove_partial(job_dir: str) -> list[str]:
+    """Delete Orbax temporary folders left by a failed or killed save; returns what was removed."""
+    root = os.path.join(job_dir, "orbax")
+    gone = [os.path.join(root, n) for n in (os.listdir(root) if os.path.isdir(root) else []) if not n.isdigit()
+            and "tmp" in n]
+    for g in gone:
+        shutil.rmtree(g, ignore_errors=True)
+    return gone
+
+
 class Manager:
     """The job's Orbax CheckpointManager (items `state`, `data`, `meta`)."""
 
     def __init__(self, job_dir: str, max_to_keep: int, async_save: bool = True):
+        self.job_dir = job_dir
         self.directory = os.path.abspath(os.path.join(job_dir, "orbax"))
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                                enable_async_checkpointing=async_save)
         self.mngr = ocp.CheckpointManager(self.directory, options=options)
+        self.pending: int | None = None
 
     def latest_step(self) -> int | None:
         return self.mngr.latest_step()
 
-    def save(self, step: int, state, data_state: dict, meta: dict) -> None:
-        self.mngr.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state), meta=ocp.args.JsonSave(meta)))
+    def save(self, step: int, state, data_state: dict, meta: dict) -> int:
+        """Start writing `state` (already `saved_part`) after checking the free space; returns its bytes. A failed
+        earlier asynchronous save is raised here at the latest (and by `check` at every step)."""
+        self.check()
+        nbytes = tree_nbytes(state)
+        ensure_space(self.directory, int(nbytes * 1.02) + (1 << 20), f"the checkpoint of step {step}",
+                     self.last_complete())
+        try:
+            self.mngr.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
+                meta=ocp.args.JsonSave(meta)))
+        except Exception as e:
+            self._failed(step, nbytes, e)
+        self.pending = step
+        return nbytes
+
+    def last_complete(self) -> int | None:
+        steps = complete_steps(self.job_dir)
+        return steps[-1] if steps else None
+
+    def _failed(self, step: int, nbytes: int, e: BaseException):
+        removed = remove_partial(self.job_dir)
+        raise SaveError(f"saving the checkpoint of step {step} to {self.directory} failed ({nbytes / 1e9:.2f} GB "
+                        f"needed, {free_bytes(self.directory) / 1e9:.2f} GB free): {e}; removed the partial "
+                        f"{removed or 'nothing'}; the last complete checkpoint is step {self.last_complete()}. "
+                        "Rerun to resume from it.") from e
+
+    def check(self) -> None:
+        """Raise SaveError now if the asynchronous save in flight has failed."""
+        if self.pending is None:
+            return
+        try:
+            self.mngr.check_for_errors()
+        except Exception as e:
+            step, self.pending = self.pending, None
+            self._failed(step, 0, e)
 
     def wait(self) -> None:
-        self.mngr.wait_until_finished()
+        try:
+            self.mngr.wait_until_finished()
+            self.mngr.check_for_errors()
+        except Exception as e:
+            step, self.pending = self.pending, None
+            self._failed(step if step is not None else -1, 0, e)
+        self.pending = None
 
     def restore(self, step: int, abstract_state):
         out = self.mngr.restore(step, args=ocp.args.Composite(
@@ -50,34 +138,57 @@ class Manager:
             meta=ocp.args.JsonRestore()))
         return out.state, out.data, out.meta
 
+    def restore_meta(self, step: int) -> dict:
+        return self.mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+
     def close(self) -> None:
-        self.mngr.wait_until_finished()
+        self.wait()
         self.mngr.close()
+
+
+def export_paths(out_dir: str, step: int) -> tuple[str, str]:
+    return (os.path.join(out_dir, f"iter_{step:09d}_reg_model.pt"),
+            os.path.join(out_dir, f"iter_{step:09d}_ema_model.pt"))
+
+
+def exported_steps(out_dir: str) -> list[int]:
+    """Steps whose reg and EMA `.pt` files are both complete (written under a temporary name, then renamed)."""
+    if not os.path.isdir(out_dir):
+        return []
+    steps = {int(n[5:14]) for n in os.listdir(out_dir) if n.startswith("iter_") and n.endswith("_reg_model.pt")}
+    return sorted(s for s in steps if all(os.path.isfile(p) for p in export_paths(out_dir, s)))
+
+
+def prune_exports(out_dir: str, keep: int) -> list[str]:
+    """Remove the oldest exports so that, with the one about to be written, `keep` remain; also stale temporary
+    files of killed exports. Returns the removed paths."""
+    removed = []
+    if not os.path.isdir(out_dir):
+        return removed
+    for n in os.listdir(out_dir):
+        if ".tmp" in n:
+            os.remove(os.path.join(out_dir, n))
+            removed.append(os.path.join(out_dir, n))
+    steps = exported_steps(out_dir)
+    for s in steps[:max(0, len(steps) - (keep - 1))]:
+        for p in export_paths(out_dir, s):
+            os.remove(p)
+            removed.append(p)
+        lora_stem = os.path.join(out_dir, f"iter_{s:09d}_lora")
+        for ext in (".safetensors", ".json"):
+            if os.path.isfile(lora_stem + ext):
+                os.remove(lora_stem + ext)
+    return removed
 
 
 def export_pt(state, num_blocks: int, out_dir: str, step: int, lora_scale: float = 0.0) -> tuple[str, str] | None:
     """`iter_{N:09d}_reg_model.pt` (bf16, every floating tensor incl. buffers) and `_ema_model.pt` (fp32) with
     upstream key names; loadable with torch.load(weights_only=True). LoRA adapters are merged into the base.
-    Multi-process: every process calls it (the arrays are gathered), process 0 writes; others return None."""
-    from converters import keymap, pt_io
-    from cosmos_jax import lora
+    Multi-process: every process calls it (the arrays are gathered), process 0 writes; others return None.
+    Streamed one tensor at a time (cosmos_jax/export.py): host memory is about one block, not the model."""
+    from cosmos_jax import export
 
-    host = sharding.to_host({"params": state["params"], "buffers": state["buffers"], "ema": state["ema"]})
-    if jax.process_index() != 0:
-        return None
-    os.makedirs(out_dir, exist_ok=True)
-    buffers = ts.flat(host["buffers"])
-    reg_tree, ema_tree = {**ts.flat(host["params"]), **buffers}, {**ts.flat(host["ema"]), **buffers}
-    if lora.has_lora(reg_tree):
-        reg_tree, ema_tree = lora.merge(reg_tree, lora_scale), lora.merge(ema_tree, lora_scale)
-    reg = keymap.to_torch(reg_tree, num_blocks)
-    ema = keymap.to_torch(ema_tree, num_blocks)
-    reg_path = os.path.join(out_dir, f"iter_{step:09d}_reg_model.pt")
-    ema_path = os.path.join(out_dir, f"iter_{step:09d}_ema_model.pt")
-    pt_io.save_state_dict({k: np.asarray(v, np.float32).astype(ml_dtypes.bfloat16) for k, v in reg.items()},
-                          reg_path)
-    pt_io.save_state_dict({k: np.asarray(v, np.float32) for k, v in ema.items()}, ema_path)
-    return reg_path, ema_path
+    return export.export_pt(state, num_blocks, out_dir, step, lora_scale=lora_scale)
 
 
 def save_weights(path: str, params: dict, buffers: dict, meta: dict | None = None) -> None:
@@ -146,8 +257,42 @@ def restore_job_weights(job_or_orbax_dir: str, step: int | None = None) -> tuple
     ckptr = ocp.PyTreeCheckpointer()
     md = ckptr.metadata(state_dir)
     md = dict(getattr(md, "item_metadata", md))
-    item = jax.tree.map(lambda m: np.zeros((), np.float32), {k: md[k] for k in ("params", "buffers", "ema")})
+    item = jax.tree.map(lambda m: np.zeros((), np.float32), {k: md[k] for k in ("params", "buffers", "ema")
+                                                              if k in md})
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
     tree = ckptr.restore(state_dir, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args,
                                                                 partial_restore=True))
+    if "buffers" not in tree:  # a LoRA job: the frozen base comes from its load_path (or its seed)
+        job = os.path.dirname(root)
+        tree["buffers"] = sharding.to_host(lora_base(job_config(job), mesh=None))
     return step, tree
+
+
+def job_config(job_dir: str):
+    import json
+
+    import ml_collections
+
+    path = os.path.join(job_dir, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{job_dir}: no config.json (not a training job directory)")
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def lora_base(config, mesh=None, shardings=None):
+    """A LoRA job's `buffers` (frozen base in the compute dtype + fixed buffers) as training made them: from the
+    seed, with `checkpoint.load_path`'s weights loaded over them when it is set."""
+    from cosmos_jax import optim
+    from cosmos_jax.models import build
+
+    cfg = build.dit_config(config)
+    if mesh is None:
+        mesh = sharding.make_mesh((("data", 1), ("fsdp", 1), ("context", 1)), devices=jax.devices()[:1])
+    tx = optim.make(config)
+    _, abstract, sh = ts.layout(cfg, tx, mesh, config.seed)
+    state = ts.create(cfg, tx, mesh, sh, config.seed)
+    if config.checkpoint.load_path:
+        params, buffers = load_weights(config.checkpoint.load_path, abstract, sh)
+        state = ts.with_weights(state, params, buffers, sh)
+    return state["buffers"]

@@ -1,8 +1,9 @@
 """`python -m cosmos_jax.train --config=configs/waymo.py[:t2w|:v2w] [--config.a.b=value ...]`
 
 Post-training of the Single2MultiView DiT. Rerunning the same command resumes the job from its last complete
-checkpoint (state, EMA, optimizer and data-iterator position). Sections: config and job directory, mesh, data,
-state (restore, base weights or fresh), the jitted step, the loop (log, save + export + validation + samples).
+checkpoint (state, EMA, optimizer and data-iterator position). Sections: checks (config values, rerun against the
+saved config, base weights: all before anything is written), mesh, data, state (restore, base weights or fresh),
+the jitted step (compiled once, its memory logged), the loop (log, save + export + validation + samples).
 """
 
 from __future__ import annotations
@@ -19,23 +20,24 @@ from absl import app, flags
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from cosmos_jax import checkpoint, distributed, lora, optim, sharding
+from cosmos_jax import checkpoint, config_check, distributed, flops, job, optim, sharding
 from cosmos_jax import step as step_lib
 from cosmos_jax import train_state as ts
 from cosmos_jax.data import dataset, pipeline
 from cosmos_jax.data.latent_cache import LatentCacheSource
 from cosmos_jax.models import build
 from cosmos_jax.models import tokenizer as tok
+from cosmos_jax.train_phases import Phases, base_id, fresh_state, log_compiled
+from cosmos_jax.utils import memory
 from cosmos_jax.utils import metrics as metrics_lib
 from cosmos_jax.validation import Validator
 
 log = logging.getLogger("cosmos_jax.train")
 STEP_KEYS = ("video", "latents", "text", "view_idx", "fps", "frame_repeat")
-
-
-def job_dir(config) -> str:
-    root = os.environ.get("OUTPUT_ROOT", "checkpoints")
-    return os.path.join(root, config.job.project, config.job.group, config.job.name)
+job_dir = job.job_dir
+# Mistakes of the user's making: the CLI prints their message as one line and exits 1.
+USER_ERRORS = (config_check.ConfigError, job.RerunConfigError, checkpoint.WeightsMismatchError,
+               checkpoint.SaveError, dataset.BadSampleError, FileNotFoundError)
 
 
 def _fault(kind: str, step: int) -> None:
@@ -50,8 +52,13 @@ def global_batch(config, mesh) -> int:
     dp = mesh.shape["data"] * mesh.shape["fsdp"]
     b = config.batch_size or dp  # 0: one sample per data-parallel device, as upstream's 1 per GPU
     if b % dp:
-        raise ValueError(f"batch_size={b} must be a multiple of the data-parallel size data*fsdp={dp}")
+        raise config_check.ConfigError(f"config.batch_size={b}: must be a multiple of the data-parallel size "
+                                       f"data*fsdp={dp}")
     return b
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f} B" if n >= 1e8 else f"{n / 1e6:.2f} M"
 
 
 def quiet_libraries() -> None:
@@ -60,27 +67,62 @@ def quiet_libraries() -> None:
     logging.getLogger("cosmos_jax").setLevel(logging.INFO)
 
 
-def train(config, progress: bool = True) -> dict:
-    """Run (or resume) the job; returns the final metrics. Multi-process: call `distributed.maybe_initialize`
-    first (the CLI does), then every process runs this."""
+def train(config, progress: bool = True, devices=None) -> dict:
+    """Run (or resume) the job on `devices` (default: all); returns the final metrics. Multi-process: call
+    `distributed.maybe_initialize` first (the CLI does), then every process runs this."""
     quiet_libraries()
     config = config.copy_and_resolve_references()
-    mesh = sharding.make_mesh(config.mesh)
+    devices = list(devices or jax.devices())
+    config_check.check(config, len(devices))
+    if config.checkpoint.load_path:
+        config.checkpoint.load_path = os.path.abspath(config.checkpoint.load_path)
+    mesh = sharding.make_mesh(config.mesh, devices=devices)
     with sharding.activate(mesh):  # the model's activation constraints and Ulysses attention read this mesh
         return _train(config, mesh, progress)
 
 
 def _train(config, mesh, progress: bool) -> dict:
-    # ---- config and job directory ------------------------------------------------------------------------
-    jdir = job_dir(config)
-    os.makedirs(jdir, exist_ok=True)
-    if jax.process_index() == 0:
-        with open(os.path.join(jdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
+    # ---- checks before anything is written -----------------------------------------------------------------
+    jdir = job.job_dir(config)
+    steps = checkpoint.complete_steps(jdir)
+    latest = steps[-1] if steps else None
+    lora_job = config.lora.rank > 0
+    config_dict = job.as_dict(config)
+    if latest is not None and (old := job.saved_config(jdir)) is not None:
+        job.check_rerun(old, config_dict, jdir, latest)
+    if config.checkpoint.load_path and (latest is None or lora_job):
+        config_check.check_load_path(config.checkpoint.load_path)
+    out_dir = os.path.join(jdir, "checkpoints")
+    export_missing = (config.checkpoint.export_pt and latest is not None
+                      and latest not in checkpoint.exported_steps(out_dir))
+    if latest is not None and latest >= config.max_iter and not export_missing:
+        log.info("%s is at step %d (max_iter %d): nothing to do; raise --config.max_iter to train further",
+                 jdir, latest, config.max_iter)
+        path = os.path.join(jdir, "summary.json")
+        return json.load(open(path)) if os.path.isfile(path) else {"job_dir": jdir, "final": {"step": latest}}
     cfg_dit = build.dit_config(config)
     step_cfg = step_lib.StepConfig.from_config(config)
-    # ---- data: each process reads the rows of its data-parallel group(s) ------------------------------------
     batch = global_batch(config, mesh)
+    tx = optim.make(config)
+    graphdef, abstract, shardings = ts.layout(cfg_dit, tx, mesh, config.seed)
+    n_train = checkpoint.tree_nbytes(abstract["params"]) // 4
+    n_frozen = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(abstract["buffers"]))
+    dev = mesh.devices.flat[0]
+    log.info("job %s | %s %s | %d device(s) %s, %d process(es), mesh %s | batch %d x grad_accum %d | "
+             "%s trainable + %s frozen parameters (%s) | remat %s | data %s | base %s | max_iter %d",
+             jdir, config.get("variant", ""), f"LoRA r={config.lora.rank}" if lora_job else "full fine-tune",
+             mesh.size, dev.device_kind, jax.process_count(), dict(mesh.shape), batch, config.grad_accum,
+             _count(n_train), _count(n_frozen), cfg_dit.dtype, config.remat, config.data.latent_cache or
+             config.data.dataset_dir, config.checkpoint.load_path or "random init", config.max_iter)
+    if jax.process_index() == 0:
+        os.makedirs(jdir, exist_ok=True)
+        job.write_config(jdir, config_dict, latest)
+        if latest is not None:
+            if n := job.trim_metrics(jdir, latest):
+                log.info("dropped %d metric row(s) written after the checkpoint of step %d", n, latest)
+            for p in checkpoint.remove_partial(jdir):
+                log.info("removed the partial checkpoint %s of a killed save", p)
+    # ---- data: each process reads the rows of its data-parallel group(s) ------------------------------------
     spec = dataset.DataSpec.from_config(config)
     tokenizer = tok.from_config(config)
     if config.data.latent_cache:
@@ -90,74 +132,114 @@ def _train(config, mesh, progress: bool) -> dict:
     data_iter = pipeline.make_iterator(source, config.seed, batch, *sharding.data_rank(mesh, batch),
                                        num_threads=config.data.num_workers)
     # ---- state: resume, base weights, or fresh -------------------------------------------------------------
-    tx = optim.make(config)
-    graphdef, abstract, shardings = ts.layout(cfg_dit, tx, mesh, config.seed)
     ckpt = checkpoint.Manager(jdir, config.checkpoint.max_to_keep)
-    latest = ckpt.latest_step()
+    t0 = time.time()
     if latest is not None:
-        state, data_state, _ = ckpt.restore(latest, abstract)
+        base = fresh_state(config, cfg_dit, tx, mesh, abstract, shardings) if lora_job else None
+        try:
+            restored, data_state, meta = ckpt.restore(latest, checkpoint.saved_part(abstract, lora_job))
+        except Exception as e:
+            raise job.RerunConfigError(f"{jdir}/orbax/{latest}: cannot be restored onto this config's state "
+                                       f"({str(e).splitlines()[0][:300]}); start a new job "
+                                       "(--config.job.name=NEW_NAME) or rerun with the job's saved config") from e
+        if lora_job and meta.get("base") not in (None, base_id(config)):
+            raise job.RerunConfigError(f"{jdir}: the frozen base changed since step {latest} was saved: saved "
+                                       f"{meta['base']}, now {base_id(config)}")
+        state = {**base, **restored} if lora_job else restored
         data_iter.set_state(data_state)
-        log.info("resumed %s at step %d", jdir, latest)
+        state_s = time.time() - t0
+        log.info("resumed %s at step %d in %.1f s", jdir, latest, state_s)
     else:
-        state = ts.create(cfg_dit, tx, mesh, shardings, config.seed)
-        if config.checkpoint.load_path:
-            params, buffers = checkpoint.load_weights(config.checkpoint.load_path, abstract, shardings)
-            state = ts.with_weights(state, params, buffers, shardings)
-            log.info("started from base weights %s", config.checkpoint.load_path)
+        state = fresh_state(config, cfg_dit, tx, mesh, abstract, shardings)
+        state_s = time.time() - t0
+        log.info("state built in %.1f s (%s)", state_s,
+                 f"base weights {config.checkpoint.load_path}" if config.checkpoint.load_path else "random init")
     # ---- the jitted step -----------------------------------------------------------------------------------
     batch_sh = sharding.batch_sharding(mesh, leading_axes=1)
     train_step = step_lib.jit_train_step(shardings, batch_sh, graphdef=graphdef, tx=tx, cfg=step_cfg,
                                          tokenizer=tokenizer)
     schedule = optim.schedule(config)
     validator = Validator.maybe(config, graphdef, tokenizer, step_cfg, mesh, jdir)
-    writer = metrics_lib.MetricWriter(jdir)
+    writer = metrics_lib.MetricWriter(jdir, purge_step=None if latest is None else latest + 1)
+    phases = Phases(config, cfg_dit, ckpt, validator, writer, out_dir, lora_job)
+    phases.seconds["state_s"] = [round(state_s, 2)]
+    step_flops = flops.step_flops(cfg_dit, config, batch)
+    peak = flops.peak_flops(dev)
     # ---- loop ----------------------------------------------------------------------------------------------
     start = int(jax.device_get(state["step"]))
+    if export_missing:
+        log.info("step %d: its .pt export was interrupted; writing it now", start)
+        phases.export(state, start)
     base_key = jax.random.key(config.seed)
     bar = tqdm(total=config.max_iter, initial=start, disable=not progress or jax.process_index() > 0,
                desc=config.job.name, dynamic_ncols=True)
-    last, t_last, skipped, host = {}, time.time(), 0, None
+    last, skipped, compiled, first_s, t_first, t_last, n_since = {}, 0, None, 0.0, 0.0, 0.0, 0
     if start == 0 and validator:
-        writer.write(0, validator.run(state, 0, with_samples=False), prefix="val")
-    for it in range(start, config.max_iter):
-        micro = [next(data_iter) for _ in range(config.grad_accum)]
-        skipped += int(sum(int(np.sum(m["skipped"])) for m in micro))
-        first_window = int(micro[0]["window"][0])
-        host = {k: np.stack([m[k] for m in micro]) for k in STEP_KEYS if k in micro[0]}
-        state, m = train_step(state, sharding.put_batch(host, batch_sh, batch), jax.random.fold_in(base_key, it))
-        _fault("kill_after_step", it + 1)
-        done = it + 1
-        if done % config.log_every == 0 or done == config.max_iter:
-            m = {k: float(v) for k, v in jax.device_get(m).items()}
-            dt = (time.time() - t_last) / (done - (last.get("step") or start))
-            t_last = time.time()
-            m.update(lr=float(schedule(it)), step_time_s=dt, samples_per_s=batch * config.grad_accum / dt,
-                     skipped_samples=skipped, first_window=first_window)
-            writer.write(done, m)
-            last = {"step": done, **m}
-            bar.set_postfix(loss=f"{m['loss']:.4f}", gnorm=f"{m['grad_norm']:.3f}")
-        bar.update(1)
-        if done % config.checkpoint.save_iter == 0 or done == config.max_iter:
-            ckpt.save(done, state, data_iter.get_state(), {"seed": config.seed, "step": done})
-            _fault("kill_during_save", done)
-            if config.checkpoint.export_pt:  # every process takes part in the gather; process 0 writes
-                out_dir = os.path.join(jdir, "checkpoints")
-                scale = cfg_dit.lora_alpha / cfg_dit.lora_rank if cfg_dit.lora_rank else 0.0
-                checkpoint.export_pt(state, cfg_dit.num_blocks, out_dir, done, lora_scale=scale)
-                if cfg_dit.lora_rank:
-                    adapters = ts.flat(sharding.to_host(state["params"]))
-                    if jax.process_index() == 0:
-                        lora.export_adapters(adapters, cfg_dit.num_blocks,
-                                             os.path.join(out_dir, f"iter_{done:09d}_lora"), cfg_dit.lora_rank,
-                                             cfg_dit.lora_alpha, cfg_dit.lora_targets)
-            if validator:
-                val = validator.run(state, done)
-                writer.write(done, val, prefix="val")
-                last.update(val)
+        writer.write(0, phases.validate(state, 0, with_samples=False), prefix="val")
+    it = start
+    try:
+        for it in range(start, config.max_iter):
+            micro = [next(data_iter) for _ in range(config.grad_accum)]
+            skipped += int(sum(int(np.sum(m["skipped"])) for m in micro))
+            first_window = int(micro[0]["window"][0])
+            host = {k: np.stack([m[k] for m in micro]) for k in STEP_KEYS if k in micro[0]}
+            dev_batch, key = sharding.put_batch(host, batch_sh, batch), jax.random.fold_in(base_key, it)
+            if compiled is None:
+                t0 = time.time()
+                compiled = train_step.lower(state, dev_batch, key).compile()
+                log_compiled(compiled, phases.took("compile_s", t0))
+                t_first = time.time()
+            state, m = compiled(state, dev_batch, key)
+            if it == start:  # the first step is timed alone: later step times exclude it
+                jax.block_until_ready(m)
+                first_s = phases.took("first_step_s", t_first)
+                log.info("first step (%d) ran in %.1f s", it + 1, first_s)
+                t_last, n_since = time.time(), 0
+            else:
+                n_since += 1
+            _fault("kill_after_step", it + 1)
+            ckpt.check()  # a failed asynchronous save stops the run here, not at the next save
+            done = it + 1
+            if done % config.log_every == 0 or done == config.max_iter:
+                m = {k: float(v) for k, v in jax.device_get(m).items()}
+                dt = (time.time() - t_last) / n_since if n_since else first_s
+                t_last, n_since = time.time(), 0
+                m.update(lr=float(schedule(it)), step_time_s=dt, samples_per_s=batch * config.grad_accum / dt,
+                         skipped_samples=skipped, first_window=first_window)
+                if peak:
+                    m["mfu"] = step_flops / dt / (peak * mesh.size)
+                writer.write(done, m)
+                last = {"step": done, **m}
+                bar.set_postfix(loss=f"{m['loss']:.4f}", gnorm=f"{m['grad_norm']:.3f}")
+                if not progress:
+                    log.info("step %d/%d loss %.4f grad_norm %.4g lr %.3g | %.2f s/step, %.3f samples/s%s | "
+                             "skipped samples %d", done, config.max_iter, m["loss"], m["grad_norm"], m["lr"], dt,
+                             m["samples_per_s"], f", MFU {100 * m['mfu']:.1f}%" if peak else "", skipped)
+            bar.update(1)
+            if done % config.checkpoint.save_iter == 0 or done == config.max_iter:
+                phases.save(state, done, data_iter.get_state(), {"seed": config.seed, "step": done,
+                                                                  "base": base_id(config) if lora_job else None})
+                _fault("kill_during_save", done)
+                if config.checkpoint.export_pt:
+                    phases.export(state, done)
+                if validator:
+                    val = phases.validate(state, done)
+                    writer.write(done, val, prefix="val")
+                    last.update(val)
+                t_last, n_since = time.time(), 0  # step times exclude the save phases
+    except KeyboardInterrupt:
+        bar.close()
+        ckpt.wait()
+        resume = ckpt.last_complete()
+        log.warning("interrupted at step %d; the last complete checkpoint is %s: rerun the same command to resume "
+                    "from it", it, f"step {resume}" if resume is not None else "none (it starts again from step 0)")
+        raise SystemExit(130) from None
     bar.close()
     ckpt.close()
     writer.close()
-    summary = {"job_dir": jdir, "final": last, "loss_plot": None}
+    summary = {"job_dir": jdir, "final": last, "loss_plot": None, "phases": phases.seconds,
+               "peak_device_memory_gb": memory.peak_device_gb(list(mesh.local_devices)),
+               "peak_host_rss_gb": memory.peak_rss_gb(since_reset=False)}
     if jax.process_index() == 0:
         summary["loss_plot"] = metrics_lib.plot_losses(os.path.join(jdir, "metrics.jsonl"),
                                                        os.path.join(jdir, "loss.png"))
@@ -175,7 +257,11 @@ def main(argv):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     f = flags.FLAGS
     distributed.maybe_initialize(f.coordinator_address, f.num_processes, f.process_id)
-    summary = train(flags.FLAGS.config, progress=flags.FLAGS.progress)
+    try:
+        summary = train(flags.FLAGS.config, progress=flags.FLAGS.progress)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
     print(json.dumps(summary, indent=2, default=str))
 
 
@@ -186,4 +272,4 @@ if __name__ == "__main__":
                         "COSMOS_JAX_COORDINATOR, or Slurm auto-detection)")
     flags.DEFINE_integer("num_processes", None, "multi-process: number of processes")
     flags.DEFINE_integer("process_id", None, "multi-process: this process's index")
-    app.run(main)
+    app.run(main, flags_parser=config_check.parse_flags)

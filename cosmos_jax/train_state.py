@@ -117,11 +117,16 @@ def with_weights(state: State, params: dict, buffers: dict, shardings) -> State:
     from the params (with LoRA the loaded base is frozen in `buffers`; adapters keep their initialisation)."""
     def put(tree, new, sh):
         flat_new, flat_sh = flat(new), flat(sh)
-        return unflat({p: jax.device_put(flat_new[p], flat_sh[p]).astype(a.dtype) if p in flat_new else a
-                       for p, a in flat(tree).items()})
+        # cast first, place last: every leaf ends on the state's NamedSharding (an eager astype after the
+        # placement can leave another sharding type, and jitted callers would compile twice)
+        return unflat({p: jax.device_put(jnp.asarray(flat_new[p]).astype(a.dtype), flat_sh[p]) if p in flat_new
+                       else a for p, a in flat(tree).items()})
     out = dict(state)
     out["params"] = put(state["params"], params, shardings["params"])
     out["buffers"] = put(state["buffers"], buffers, shardings["buffers"])
-    out["ema"] = jax.tree.map(lambda a, s: jax.device_put(a.astype(jnp.float32), s), out["params"],
-                              shardings["ema"])
+    # A fresh fp32 copy: `astype(float32)` of fp32 params is the same buffer, and the jitted step donates the state
+    # (params and EMA sharing a buffer is "Attempt to donate the same buffer twice").
+    copy = jax.jit(lambda t: jax.tree.map(lambda a: jnp.copy(a).astype(jnp.float32), t),
+                   out_shardings=shardings["ema"])
+    out["ema"] = copy(out["params"])
     return out

@@ -72,12 +72,3 @@ class Validator:
             return None, None
         return write_comparison(self.samples_dir, f"iter_{step:09d}", self.real_video, gen, self.view_names,
                                 self.fps)
-
-    def run(self, state, step: int, with_samples: bool = True) -> dict:
-        out = self.losses(state)
-        if with_samples and self.config.samples.enabled:  # every process samples (sharded), process 0 writes
-            mp4, png = self.samples(state, step)
-            if mp4:
-                log.info("step %d: val_loss %.4f (ema %.4f); samples %s, %s", step, out["val_loss"],
-                         out["val_loss_ema"], mp4, png)
-        return out

@@ -25,26 +25,9 @@ from absl import app, flags
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from cosmos_jax.flops import HOPPER_PEAK as PEAK  # noqa: E402
+from cosmos_jax.flops import model_flops_per_sample  # noqa: E402
 from scripts.bench_common import peak_memory_gb, write_result  # noqa: E402
-
-PEAK = 790e12
-
-
-def model_flops_per_sample(m, views: int, t: int, h: int, w: int, text_tokens: int = 512) -> float:
-    """Training model FLOPs of one sample (3 x forward), attention counted in full (non-causal)."""
-    d, nb, c = m.model_channels, m.num_blocks, m.crossattn_emb_channels
-    p = m.patch_spatial
-    per_view = (t // m.patch_temporal) * (h // p) * (w // p)
-    tokens = views * per_view
-    hidden = int(d * m.mlp_ratio)
-    linears = 2 * tokens * (4 * d * d + 2 * d * d + 2 * d * hidden) * nb  # self qkvo, cross q/o, MLP
-    text_kv = 2 * views * text_tokens * 2 * c * d * nb
-    self_attn = 4 * tokens * tokens * d * nb
-    cross_attn = 4 * tokens * text_tokens * d * nb
-    patch = 2 * tokens * (m.patch_in_features + m.patch_out_features) * d
-    if getattr(m, "lora_rank", 0):  # frozen weights need no weight gradients: 3 x attention + 2 x linear forward
-        return 3.0 * (self_attn + cross_attn) + 2.0 * (linears + text_kv + patch)
-    return 3.0 * (linears + text_kv + self_attn + cross_attn + patch)
 
 
 def gemm_tflops(n: int = 8192, reps: int = 10) -> float:

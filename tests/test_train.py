@@ -64,7 +64,9 @@ def test_outputs_and_exports(uninterrupted):
     cfg = json.load(open(os.path.join(job, "config.json")))
     assert cfg["max_iter"] == 6
     table = keymap.torch_table(build.flat_shapes(build.abstract(build.dit_config(_config(cfg)))), 2)
-    for step in (2, 4, 6):
+    exported = sorted(os.listdir(os.path.join(job, "checkpoints")))
+    assert exported == [f"iter_{s:09d}_{k}_model.pt" for s in (4, 6) for k in ("ema", "reg")]  # max_to_keep 2
+    for step in (4, 6):
         reg = torch.load(os.path.join(job, f"checkpoints/iter_{step:09d}_reg_model.pt"), weights_only=True)
         ema = torch.load(os.path.join(job, f"checkpoints/iter_{step:09d}_ema_model.pt"), weights_only=True)
         assert list(reg) == [k for k, _ in table] == list(ema)

@@ -10,14 +10,16 @@ import numpy as np
 
 
 class MetricWriter:
-    def __init__(self, job_dir: str):
+    def __init__(self, job_dir: str, purge_step: int | None = None):
+        """`purge_step`: on resume, TensorBoard events at or after it (written after the last checkpoint) are
+        discarded, as `job.trim_metrics` drops them from metrics.jsonl."""
         self.enabled = jax.process_index() == 0
         self.path = os.path.join(job_dir, "metrics.jsonl")
         self._tb = None
         if self.enabled:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(os.path.join(job_dir, "tensorboard"))
+            self._tb = SummaryWriter(os.path.join(job_dir, "tensorboard"), purge_step=purge_step)
 
     def write(self, step: int, metrics: dict, prefix: str = "train") -> None:
         if not self.enabled:

@@ -1,0 +1,155 @@
+"""The train loop's phases other than the step: the starting state, the compiled step's memory, and at each save
+the checkpoint, the `.pt` export and validation, each logged at INFO with its seconds and sizes.
+
+Saves never leave a partial file: Orbax writes a temporary folder and renames it; the `.pt` writer writes a
+temporary file and renames it. The free space is checked before each of them; a failure stops the run at once with
+a SaveError naming the folder, the bytes needed and the last complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import jax
+
+from cosmos_jax import checkpoint, lora, sharding
+from cosmos_jax import train_state as ts
+from cosmos_jax.utils import memory
+
+log = logging.getLogger("cosmos_jax.train")
+
+
+def base_id(config) -> dict:
+    """What a LoRA job's frozen base is made of, stored with each checkpoint and checked on resume."""
+    path = config.checkpoint.load_path
+    if not path:
+        return {"random_init_seed": int(config.seed)}
+    out = {"load_path": path}
+    marker = os.path.join(path, "meta.json")
+    if os.path.isfile(marker):
+        out["meta_mtime_ns"] = os.stat(marker).st_mtime_ns
+    return out
+
+
+def fresh_state(config, cfg_dit, tx, mesh, abstract, shardings) -> dict:
+    """A new job's state: initialised from the seed, then the base weights of `checkpoint.load_path` (converted
+    folder or job directory) loaded over params and buffers; the EMA restarts from the params."""
+    state = ts.create(cfg_dit, tx, mesh, shardings, config.seed)
+    path = config.checkpoint.load_path
+    if path:
+        if os.path.isfile(os.path.join(path, "config.json")):  # a job directory: its latest regular weights
+            params, buffers = job_weights(path, abstract, shardings)
+        else:
+            params, buffers = checkpoint.load_weights(path, abstract, shardings)
+        state = ts.with_weights(state, params, buffers, shardings)
+    return state
+
+
+def job_weights(job_dir: str, abstract, shardings) -> tuple[dict, dict]:
+    """A full-fine-tune job's latest regular params and buffers, placed on this state's shardings."""
+    step, tree = checkpoint.restore_job_weights(job_dir)
+    if lora.has_lora(ts.flat(tree["params"])):
+        raise FileNotFoundError(f"checkpoint.load_path={job_dir} is a LoRA job; use its merged export as the base: "
+                                f"python -m converters.dit_to_orbax --src {job_dir}/checkpoints/"
+                                f"iter_{step:09d}_reg_model.pt --dst DIR")
+    flat_abs = {**ts.flat(abstract["params"]), **ts.flat(abstract["buffers"])}
+    flat_sh = {**ts.flat(shardings["params"]), **ts.flat(shardings["buffers"])}
+    out = {}
+    for top in ("params", "buffers"):
+        flat = ts.flat(tree[top])
+        bad = [p for p in flat if p not in flat_abs or tuple(flat[p].shape) != tuple(flat_abs[p].shape)]
+        if bad:
+            raise checkpoint.WeightsMismatchError(f"{job_dir}: its network does not match this config's "
+                                                  f"({len(bad)} tensor(s), e.g. {'/'.join(bad[0])})")
+        out[top] = ts.unflat({p: jax.device_put(a, flat_sh[p]) for p, a in flat.items()})
+    log.info("base weights: %s step %d (regular weights)", job_dir, step)
+    return out["params"], out["buffers"]
+
+
+def log_compiled(compiled, seconds: float) -> None:
+    ma = compiled.memory_analysis()
+    if ma is None:
+        log.info("train step compiled in %.1f s", seconds)
+        return
+    gb = lambda n: n / 2**30  # noqa: E731
+    log.info("train step compiled in %.1f s; per device: arguments %.2f GiB, outputs %.2f GiB (aliased %.2f), "
+             "temporaries %.2f GiB, code %.2f GiB", seconds, gb(ma.argument_size_in_bytes),
+             gb(ma.output_size_in_bytes), gb(ma.alias_size_in_bytes), gb(ma.temp_size_in_bytes),
+             gb(ma.generated_code_size_in_bytes))
+
+
+class Phases:
+    """Save, export and validation at a save step; `seconds` keeps each phase's last duration."""
+
+    def __init__(self, config, cfg_dit, ckpt: checkpoint.Manager, validator, writer, out_dir: str, lora_job: bool):
+        self.config, self.cfg, self.ckpt, self.validator, self.writer = config, cfg_dit, ckpt, validator, writer
+        self.out_dir, self.lora_job = out_dir, lora_job
+        self.seconds: dict[str, list[float]] = {}
+
+    def took(self, name: str, t0: float) -> float:
+        dt = time.time() - t0
+        self.seconds.setdefault(name, []).append(round(dt, 2))
+        return dt
+
+    def save(self, state, step: int, data_state: dict, meta: dict) -> None:
+        t = time.time()
+        nbytes = self.ckpt.save(step, checkpoint.saved_part(state, self.lora_job), data_state, meta)
+        log.info("step %d: checkpoint of %.2f GB started in %.1f s (written in the background) -> %s", step,
+                 nbytes / 1e9, self.took("save_s", t), self.ckpt.directory)
+
+    def export(self, state, step: int) -> None:
+        """Reg (bf16) + EMA (fp32) `.pt` in upstream's layout, keeping the newest
+        `checkpoint.export_max_to_keep` (default: `checkpoint.max_to_keep`); LoRA adapters also alone."""
+        from cosmos_jax import export
+
+        c = self.config.checkpoint
+        keep = c.get("export_max_to_keep", None) or c.max_to_keep
+        t, rss0 = time.time(), memory.rss_gb()
+        reset = memory.reset_peak_rss()
+        needed = export.pt_export_nbytes(state, self.cfg.num_blocks)
+        scale = self.cfg.lora_alpha / self.cfg.lora_rank if self.cfg.lora_rank else 0.0
+        try:
+            if jax.process_index() == 0:
+                os.makedirs(self.out_dir, exist_ok=True)
+                for p in checkpoint.prune_exports(self.out_dir, keep):
+                    log.info("removed %s (checkpoint.export_max_to_keep=%d)", p, keep)
+                checkpoint.ensure_space(self.out_dir, needed, f"the .pt export of step {step}",
+                                        self.ckpt.last_complete())
+            export.export_pt(state, self.cfg.num_blocks, self.out_dir, step, lora_scale=scale)
+            if self.cfg.lora_rank:
+                adapters = ts.flat(sharding.to_host(state["params"]))
+                if jax.process_index() == 0:
+                    lora.export_adapters(adapters, self.cfg.num_blocks,
+                                         os.path.join(self.out_dir, f"iter_{step:09d}_lora"), self.cfg.lora_rank,
+                                         self.cfg.lora_alpha, self.cfg.lora_targets)
+        except checkpoint.SaveError:
+            self.ckpt.wait()  # the Orbax checkpoint of this step completes (or its own failure is raised)
+            raise
+        except OSError as e:
+            self.ckpt.wait()  # the Orbax checkpoint of this step completes (or its own failure is raised)
+            raise checkpoint.SaveError(
+                f"the .pt export of step {step} to {self.out_dir} failed ({needed / 1e9:.2f} GB needed, "
+                f"{checkpoint.free_bytes(self.out_dir) / 1e9:.2f} GB free): {e}; no partial file was left; the "
+                f"Orbax checkpoint of step {step} is complete: python -m converters.orbax_to_pt --src "
+                f"{os.path.dirname(self.out_dir)} --step {step} --dst DIR writes the files again") from e
+        dt = self.took("export_s", t)
+        growth = memory.peak_rss_gb() - rss0 if reset and rss0 is not None else None
+        if growth is not None:
+            self.seconds.setdefault("export_rss_growth_gb", []).append(round(growth, 3))
+        log.info("step %d: exported reg (bf16) + EMA (fp32) .pt, %.2f GB in %.1f s (%.2f GB/s, host memory +%s) "
+                 "-> %s", step, needed / 1e9, dt, needed / 1e9 / max(dt, 1e-9),
+                 "?" if growth is None else f"{growth:.2f} GiB", self.out_dir)
+
+    def validate(self, state, step: int, with_samples: bool = True) -> dict:
+        t = time.time()
+        out = self.validator.losses(state)
+        log.info("step %d: val_loss %.4f (EMA %.4f) in %.1f s", step, out["val_loss"], out["val_loss_ema"],
+                 self.took("validation_s", t))
+        if with_samples and self.config.samples.enabled:  # every process samples (sharded), process 0 writes
+            t = time.time()
+            mp4, png = self.validator.samples(state, step)
+            log.info("step %d: samples (%d sampler steps) in %.1f s: %s %s", step, self.config.samples.num_steps,
+                     self.took("samples_s", t), mp4 or "", png or "")
+        return out
