@@ -114,14 +114,6 @@ def _train(config, mesh, progress: bool) -> dict:
              mesh.size, dev.device_kind, jax.process_count(), dict(mesh.shape), batch, config.grad_accum,
              _count(n_train), _count(n_frozen), cfg_dit.dtype, config.remat, config.data.latent_cache or
              config.data.dataset_dir, config.checkpoint.load_path or "random init", config.max_iter)
-    if jax.process_index() == 0:
-        os.makedirs(jdir, exist_ok=True)
-        job.write_config(jdir, config_dict, latest)
-        if latest is not None:
-            if n := job.trim_metrics(jdir, latest):
-                log.info("dropped %d metric row(s) written after the checkpoint of step %d", n, latest)
-            for p in checkpoint.remove_partial(jdir):
-                log.info("removed the partial checkpoint %s of a killed save", p)
     # ---- data: each process reads the rows of its data-parallel group(s) ------------------------------------
     spec = dataset.DataSpec.from_config(config)
     tokenizer = tok.from_config(config)
@@ -131,6 +123,15 @@ def _train(config, mesh, progress: bool) -> dict:
         source = dataset.MultiviewWindows(spec)
     data_iter = pipeline.make_iterator(source, config.seed, batch, *sharding.data_rank(mesh, batch),
                                        num_threads=config.data.num_workers)
+    # ---- the job folder: written only now, after every check ----------------------------------------------
+    if jax.process_index() == 0:
+        os.makedirs(jdir, exist_ok=True)
+        job.write_config(jdir, config_dict, latest)
+        if latest is not None:
+            if n := job.trim_metrics(jdir, latest):
+                log.info("dropped %d metric row(s) written after the checkpoint of step %d", n, latest)
+            for p in checkpoint.remove_partial(jdir):
+                log.info("removed the partial checkpoint %s of a killed save", p)
     # ---- state: resume, base weights, or fresh -------------------------------------------------------------
     ckpt = checkpoint.Manager(jdir, config.checkpoint.max_to_keep)
     t0 = time.time()

@@ -7,6 +7,13 @@ _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
     os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
 
+# One persistent XLA compilation cache for the whole session, inherited by the CLI subprocesses: the train, resume
+# and mesh tests compile the same tiny steps many times (compiles under 1 s are not cached, JAX's default).
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="cosmos_jax_test_xla_cache_")
+
 import json  # noqa: E402
 import pathlib  # noqa: E402
 

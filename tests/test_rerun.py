@@ -235,6 +235,7 @@ def test_full_disk_stops_at_once_and_leaves_the_last_checkpoint(data, tmp_path, 
     ("--config.grad_accum=0", "config.grad_accum=0: expected an integer >= 1"),
     ("--config.mesh=data=2", "config.mesh="),
     ("--config.checkpoint.load_path=/nowhere/base", "checkpoint.load_path=/nowhere/base: no such path"),
+    ("--config.data.dataset_dir=/nowhere/ds", "/nowhere/ds/videos/pinhole_front: no such folder"),
 ])
 def test_config_mistakes_are_one_line_and_leave_no_job(data, tmp_path, override, msg):
     env = {**os.environ, "OUTPUT_ROOT": str(tmp_path), "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
