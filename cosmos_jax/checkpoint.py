@@ -21,6 +21,7 @@ import orbax.checkpoint as ocp
 
 from cosmos_jax import base_weights, sharding
 from cosmos_jax import train_state as ts
+from cosmos_jax.export import export_paths
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +57,15 @@ def ensure_space(folder: str, needed: int, what: str, last_step: int | None) -> 
                         "checkpoint.save_iter / lower checkpoint.max_to_keep, then rerun to resume.")
 
 
-def complete_steps(job_dir: str) -> list[int]:
+def orbax_root(job_or_orbax_dir: str) -> str:
+    """The folder of a job's Orbax steps: `<job>/orbax`, or the given folder itself when it is that folder."""
+    sub = os.path.join(job_or_orbax_dir, "orbax")
+    return sub if os.path.isdir(sub) or not os.path.isdir(job_or_orbax_dir) else job_or_orbax_dir
+
+
+def complete_steps(job_or_orbax_dir: str) -> list[int]:
     """Steps with a complete Orbax checkpoint (Orbax writes `<step>.orbax-checkpoint-tmp-*` and renames)."""
-    root = os.path.join(job_dir, "orbax")
+    root = orbax_root(job_or_orbax_dir)
     return sorted(int(n) for n in os.listdir(root) if n.isdigit()) if os.path.isdir(root) else []
 
 
@@ -146,11 +153,6 @@ class Manager:
         self.mngr.close()
 
 
-def export_paths(out_dir: str, step: int) -> tuple[str, str]:
-    return (os.path.join(out_dir, f"iter_{step:09d}_reg_model.pt"),
-            os.path.join(out_dir, f"iter_{step:09d}_ema_model.pt"))
-
-
 def exported_steps(out_dir: str) -> list[int]:
     """Steps whose reg and EMA `.pt` files are both complete (written under a temporary name, then renamed)."""
     if not os.path.isdir(out_dir):
@@ -206,6 +208,17 @@ class WeightsMismatchError(ValueError):
     pass
 
 
+def check_strict(source: str, stored: dict, want: dict) -> None:
+    """Raise WeightsMismatchError listing every missing, unexpected and mis-shaped key ({model path: shape})."""
+    problems = [f"missing key {'/'.join(p)} {s}" for p, s in want.items() if p not in stored]
+    problems += [f"unexpected key {'/'.join(p)} {s}" for p, s in stored.items() if p not in want]
+    problems += [f"shape mismatch {'/'.join(p)}: stored {stored[p]}, expected {s}"
+                 for p, s in want.items() if p in stored and tuple(stored[p]) != s]
+    if problems:
+        raise WeightsMismatchError(f"{source}: base weights do not match the config's network "
+                                   f"({len(problems)} problem(s)):\n  " + "\n  ".join(problems))
+
+
 def load_weights(path: str, abstract_state, shardings) -> tuple[dict, dict]:
     """Restore base weights strictly onto the state's layout; every missing, unexpected or mis-shaped key is
     listed in the error."""
@@ -224,14 +237,7 @@ def load_weights(path: str, abstract_state, shardings) -> tuple[dict, dict]:
         for p, a in leaves.items():
             if p[-1] not in ("lora_a", "lora_b"):
                 where[p], want[p], shard[p] = top, a, shs[p]
-    want_flat = {p: tuple(a.shape) for p, a in want.items()}
-    problems = [f"missing key {'/'.join(p)} {s}" for p, s in want_flat.items() if p not in stored_flat]
-    problems += [f"unexpected key {'/'.join(p)} {s}" for p, s in stored_flat.items() if p not in want_flat]
-    problems += [f"shape mismatch {'/'.join(p)}: stored {stored_flat[p]}, expected {s}"
-                 for p, s in want_flat.items() if p in stored_flat and stored_flat[p] != s]
-    if problems:
-        raise WeightsMismatchError(f"{path}: base weights do not match the config's network "
-                                   f"({len(problems)} problem(s)):\n  " + "\n  ".join(problems))
+    check_strict(path, stored_flat, {p: tuple(a.shape) for p, a in want.items()})
     target = ts.unflat({p: jax.ShapeDtypeStruct(stored[p], want[p[1:]].dtype) for p in stored})
     sh = ts.unflat({p: shard[p[1:]] for p in stored})
     restored = ts.flat(base_weights.restore(path, target, sh))
@@ -244,10 +250,8 @@ def load_weights(path: str, abstract_state, shardings) -> tuple[dict, dict]:
 def restore_job_weights(job_or_orbax_dir: str, step: int | None = None) -> tuple[int, dict]:
     """(step, {"params", "buffers", "ema"}) of a job's checkpoint as host numpy trees; the optimizer state is not
     read. Latest complete step unless `step` is given."""
-    root = job_or_orbax_dir
-    if os.path.isdir(os.path.join(root, "orbax")):
-        root = os.path.join(root, "orbax")
-    steps = sorted(int(n) for n in os.listdir(root) if n.isdigit()) if os.path.isdir(root) else []
+    root = orbax_root(job_or_orbax_dir)
+    steps = complete_steps(root)
     if not steps:
         raise FileNotFoundError(f"{job_or_orbax_dir}: no complete Orbax checkpoint (orbax/<step>/) found")
     step = steps[-1] if step is None else step
@@ -280,19 +284,16 @@ def job_config(job_dir: str):
         return ml_collections.ConfigDict(json.load(f))
 
 
-def lora_base(config, mesh=None, shardings=None):
-    """A LoRA job's `buffers` (frozen base in the compute dtype + fixed buffers) as training made them: from the
-    seed, with `checkpoint.load_path`'s weights loaded over them when it is set."""
+def lora_base(config, mesh=None):
+    """A LoRA job's `buffers` (frozen base in the compute dtype + fixed buffers) as training made them
+    (train_phases.fresh_state: the seed's init, `checkpoint.load_path` loaded over it)."""
     from cosmos_jax import optim
     from cosmos_jax.models import build
+    from cosmos_jax.train_phases import fresh_state
 
     cfg = build.dit_config(config)
     if mesh is None:
         mesh = sharding.make_mesh((("data", 1), ("fsdp", 1), ("context", 1)), devices=jax.devices()[:1])
     tx = optim.make(config)
     _, abstract, sh = ts.layout(cfg, tx, mesh, config.seed)
-    state = ts.create(cfg, tx, mesh, sh, config.seed)
-    if config.checkpoint.load_path:
-        params, buffers = load_weights(config.checkpoint.load_path, abstract, sh)
-        state = ts.with_weights(state, params, buffers, sh)
-    return state["buffers"]
+    return fresh_state(config, cfg, tx, mesh, abstract, sh)["buffers"]

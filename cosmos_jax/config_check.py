@@ -15,11 +15,11 @@ import sys
 import numpy as np
 
 from cosmos_jax import remat, sharding
+from cosmos_jax.diffusion.conditioning import TRAIN_LOCATIONS
+from cosmos_jax.models.attention import IMPLEMENTATIONS as ATTENTION
 
 TOKENIZERS = ("haar", "cosmos")
 DTYPES = ("float32", "bfloat16", "float16")
-ATTENTION = ("auto", "xla", "cudnn")
-TRAIN_LOCATIONS = ("first_cam", "first_cam_and_random_n")
 
 
 class ConfigError(ValueError):

@@ -54,16 +54,16 @@ def job_weights(job_dir: str, abstract, shardings) -> tuple[dict, dict]:
         raise FileNotFoundError(f"checkpoint.load_path={job_dir} is a LoRA job; use its merged export as the base: "
                                 f"python -m converters.dit_to_orbax --src {job_dir}/checkpoints/"
                                 f"iter_{step:09d}_reg_model.pt --dst DIR")
-    flat_abs = {**ts.flat(abstract["params"]), **ts.flat(abstract["buffers"])}
+    # where each upstream tensor lives in this state (a LoRA state keeps the base kernels in `buffers`)
+    where = {p: top for top in ("params", "buffers") for p in ts.flat(abstract[top]) if p[-1] not in lora.LORA_LEAVES}
+    want = {p: tuple(a.shape) for top in ("params", "buffers") for p, a in ts.flat(abstract[top]).items() if p in where}
     flat_sh = {**ts.flat(shardings["params"]), **ts.flat(shardings["buffers"])}
-    out = {}
-    for top in ("params", "buffers"):
-        flat = ts.flat(tree[top])
-        bad = [p for p in flat if p not in flat_abs or tuple(flat[p].shape) != tuple(flat_abs[p].shape)]
-        if bad:
-            raise checkpoint.WeightsMismatchError(f"{job_dir}: its network does not match this config's "
-                                                  f"({len(bad)} tensor(s), e.g. {'/'.join(bad[0])})")
-        out[top] = ts.unflat({p: jax.device_put(a, flat_sh[p]) for p, a in flat.items()})
+    stored = {p: a for top in ("params", "buffers") for p, a in ts.flat(tree[top]).items()}
+    checkpoint.check_strict(f"{job_dir} step {step}", {p: a.shape for p, a in stored.items()}, want)
+    out = {"params": {}, "buffers": {}}
+    for p, a in stored.items():
+        out[where[p]][p] = jax.device_put(a, flat_sh[p])
+    out = {top: ts.unflat(t) for top, t in out.items()}
     log.info("base weights: %s step %d (regular weights)", job_dir, step)
     return out["params"], out["buffers"]
 

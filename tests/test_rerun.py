@@ -266,3 +266,39 @@ def test_config_check_values(data):
     bad.mesh = (("data", 1), ("fsdp", 1), ("context", 4))
     with pytest.raises(config_check.ConfigError, match="needs 4 devices, 1 present"):
         config_check.check(bad, 1)
+
+
+@pytest.mark.parametrize("target", ["full", "lora"])
+def test_load_path_may_be_a_full_fine_tune_job(tmp_path, target):
+    """A job directory as checkpoint.load_path: its regular weights land where this state keeps them (a LoRA state
+    keeps the base kernels in `buffers`), strictly checked."""
+    from cosmos_jax import optim
+    from cosmos_jax.train_phases import fresh_state
+
+    c = demo.get_config()
+    c.model.update(dict(model_channels=32, num_blocks=1, num_heads=2, crossattn_emb_channels=8, adaln_lora_dim=8))
+    cfg, tx = build.dit_config(c), optim.make(c)
+    mesh = sharding.make_mesh((("data", 1), ("fsdp", 1), ("context", 1)), devices=jax.devices()[:1])
+    _, _, sh = ts.layout(cfg, tx, mesh, seed=4)
+    src = ts.create(cfg, tx, mesh, sh, seed=4)
+    jdir = tmp_path / "job"
+    ckpt = checkpoint.Manager(str(jdir), 1, async_save=False)
+    ckpt.save(1, src, {"next_index": 0}, {"step": 1})
+    ckpt.close()
+    (jdir / "config.json").write_text(c.to_json_best_effort())
+    t = c.copy_and_resolve_references()
+    if target == "lora":
+        t.lora.update(LORA)
+    t.checkpoint.load_path = str(jdir)
+    tcfg, ttx = build.dit_config(t), optim.make(t)
+    _, abstract, tsh = ts.layout(tcfg, ttx, mesh, seed=0)
+    state = fresh_state(t, tcfg, ttx, mesh, abstract, tsh)
+    k = ("net", "blocks", "fa", "attn", "to_q", "kernel")
+    got = ts.flat(state["buffers" if target == "lora" else "params"])[k]
+    np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(ts.flat(src["params"])[k], np.float32))
+    bad = t.copy_and_resolve_references()
+    bad.model.num_blocks = 2
+    bcfg, btx = build.dit_config(bad), optim.make(bad)
+    _, babs, bsh = ts.layout(bcfg, btx, mesh)
+    with pytest.raises(checkpoint.WeightsMismatchError, match="shape mismatch net/blocks/fa/attn/to_q/kernel"):
+        fresh_state(bad, bcfg, btx, mesh, babs, bsh)
