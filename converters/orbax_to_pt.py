@@ -105,6 +105,10 @@ def main(argv):
         sys.exit(1)
     for w in written:
         print(w)
+    from cosmos_jax.utils import memory
+
+    if (peak := memory.peak_device_gb()) is not None:
+        print(f"peak device memory {peak:.2f} GiB")
 
 
 if __name__ == "__main__":

@@ -176,6 +176,9 @@ def main(argv):
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    from cosmos_jax.utils import memory
+
+    settings["peak_device_memory_gb"] = memory.peak_device_gb()
     print(json.dumps(settings, indent=2))
 
 

@@ -175,7 +175,7 @@ def _train(config, mesh, progress: bool) -> dict:
     bar = tqdm(total=config.max_iter, initial=start, disable=not progress or jax.process_index() > 0,
                desc=config.job.name, dynamic_ncols=True)
     last, skipped, compiled, first_s, t_first, t_last, n_since = {}, 0, None, 0.0, 0.0, 0.0, 0
-    if start == 0 and validator:
+    if start == 0 and validator and config.samples.get("val_at_start", True):
         writer.write(0, phases.validate(state, 0, with_samples=False), prefix="val")
     it = start
     try:
@@ -194,7 +194,9 @@ def _train(config, mesh, progress: bool) -> dict:
             if it == start:  # the first step is timed alone: later step times exclude it
                 jax.block_until_ready(m)
                 first_s = phases.took("first_step_s", t_first)
-                log.info("first step (%d) ran in %.1f s", it + 1, first_s)
+                peak_dev = memory.peak_device_gb(list(mesh.local_devices))
+                log.info("first step (%d) ran in %.1f s%s", it + 1, first_s,
+                         "" if peak_dev is None else f"; peak device memory {peak_dev:.2f} GiB")
                 t_last, n_since = time.time(), 0
             else:
                 n_since += 1
