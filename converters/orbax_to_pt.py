@@ -48,8 +48,25 @@ def export_job(src: str, dst: str, step: int | None = None) -> list[str]:
 
     step, state = checkpoint.restore_job_weights(src, step)
     reg, _ = export._sources(state)
-    num_blocks = np.shape(reg[("net", "blocks", "fa", "attn", "to_q", "kernel")])[0]
-    return list(export.export_pt(state, int(num_blocks), dst, step, lora_scale=_lora_scale(src, state)))
+    num_blocks = int(np.shape(reg[("net", "blocks", "fa", "attn", "to_q", "kernel")])[0])
+    os.makedirs(dst, exist_ok=True)
+    need_space(dst, export.pt_export_nbytes(state, num_blocks), f"the .pt files of step {step}")
+    try:
+        return list(export.export_pt(state, num_blocks, dst, step, lora_scale=_lora_scale(src, state)))
+    except OSError as e:  # the writers removed their temporary files
+        raise OSError(f"writing the .pt files of step {step} to {dst} failed: {e}; no partial file was left") from e
+
+
+def need_space(dst: str, needed: int, what: str) -> None:
+    """Refuse before writing when `dst` has less free space than `needed` (files there are replaced only once the
+    new ones are complete, so they do not count as free)."""
+    from cosmos_jax import checkpoint
+
+    free = checkpoint.free_bytes(dst)
+    if free < needed:
+        present = sorted(n for n in os.listdir(dst) if n.endswith(".pt"))
+        raise OSError(f"not enough space in {dst} for {what}: needs {needed / 1e9:.2f} GB, {free / 1e9:.2f} GB free "
+                      f"(No space left on device){'; already there: ' + ', '.join(present) if present else ''}")
 
 
 def export_base(src: str, dst: str) -> str:
@@ -75,6 +92,7 @@ def export_base(src: str, dst: str) -> str:
 
     os.makedirs(dst, exist_ok=True)
     out = os.path.join(dst, "model.pt")
+    need_space(dst, sum(int(np.prod(shape)) * np.dtype(dt).itemsize for _, shape, dt in entries), "model.pt")
     rest, block, block_i = load("rest"), None, None
     with pt_io.PtWriter(out, entries) as w:
         for (key, e, i), (_, _, dtype) in zip(keymap.expand(n), entries, strict=True):
@@ -100,7 +118,7 @@ def main(argv):
         else:
             raise FileNotFoundError(f"{f.src}: neither a job directory with orbax/<step>/ nor converted base "
                                     "weights (meta.json)")
-    except (FileNotFoundError, ValueError) as e:
+    except (OSError, ValueError) as e:  # missing input, wrong input, full disk: one line, exit 1
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     for w in written:

@@ -76,7 +76,7 @@ def read_initial(folder: str, rig: inference.Rig, n: int, size) -> np.ndarray:
         total = video_io.probe(path).num_frames
         if total < n:
             raise ValueError(f"{path}: {total} frames, --num_input_frames={n} needs at least {n}")
-        out.append(video_io.resize(video_io.read_frames(path, range(total - n, total)), size))
+        out.append(video_io.read_frames(path, range(total - n, total), size))
     return np.stack(out)
 
 
@@ -118,7 +118,7 @@ def run(f) -> dict:
     if info.num_frames < start + n:
         raise ValueError(f"{f.view_condition_video}: {info.num_frames} frames, needs {start + n} "
                          f"(--view_cond_start_frame {start} + {n} frames)")
-    front = video_io.resize(video_io.read_frames(f.view_condition_video, range(start, start + n)), size)
+    front = video_io.read_frames(f.view_condition_video, range(start, start + n), size)
     fps = f.fps or info.fps
     num_input = int(f.num_input_frames)
     initial = read_initial(f.initial_condition_video, rig, num_input, size) \

@@ -197,6 +197,7 @@ def main(argv):
             for p in glob.glob(os.path.join(jdir, "checkpoints", "*_model.pt")):
                 os.remove(p)  # disk: the job's export and orbax_to_pt's output do not fit together at 7B
             dst = os.path.join(work, "orbax_to_pt")
+            shutil.rmtree(dst, ignore_errors=True)  # an earlier, interrupted call's files: they would not fit beside
             out.update(run(stage, [py, "-m", "converters.orbax_to_pt", f"--src={jdir}", f"--dst={dst}"], work,
                            gpu_env))
             out.update(peak(out["log"]), orbax_to_pt_files=check_pt(sorted(glob.glob(os.path.join(dst, "*_model.pt")))))

@@ -255,3 +255,31 @@ def test_export_job_of_a_saved_checkpoint(which, request, tmp_path):
     assert [os.path.basename(p) for p in written] == [os.path.basename(p) for p in expected]
     for a, b in zip(written, expected, strict=True):
         assert members(a) == members(b)
+
+
+def test_export_job_refuses_a_full_disk_before_writing(full, tmp_path, monkeypatch):
+    """orbax_to_pt on a disk without room for both files: one message naming the folder and the sizes, nothing
+    written; a write that fails half way (ENOSPC) leaves no partial file either."""
+    from converters import orbax_to_pt
+
+    cfg, _, state = full
+    job = tmp_path / "job"
+    mngr = checkpoint.Manager(str(job), max_to_keep=1, async_save=False)
+    mngr.save(3, {k: state[k] for k in ("step", "params", "buffers", "ema")}, {}, {"seed": 0, "step": 3})
+    mngr.close()
+    (job / "config.json").write_text(config(0).to_json())
+    dst = tmp_path / "pt"
+    needed = export.pt_export_nbytes(state, cfg.num_blocks)
+    monkeypatch.setattr(checkpoint, "free_bytes", lambda folder: needed - 1)
+    with pytest.raises(OSError, match=rf"not enough space in {dst} for the \.pt files of step 3: needs .* GB free "
+                                      r"\(No space left on device\)"):
+        orbax_to_pt.export_job(str(job), str(dst))
+    assert os.listdir(dst) == []
+    monkeypatch.setattr(checkpoint, "free_bytes", lambda folder: 10**15)
+
+    def enospc(self, key, arr):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(export.pt_io.PtWriter, "add", enospc)
+    with pytest.raises(OSError, match="no partial file was left"):
+        orbax_to_pt.export_job(str(job), str(dst))
+    assert os.listdir(dst) == []

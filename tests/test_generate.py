@@ -58,7 +58,7 @@ def text(v=5, s=512, e=8, seed=0):
 def run(loaded, front_path, guidance=7.0, seed=0, rig=None, steps=4):
     c = loaded.config
     rig = rig or inference.Rig.training(c, 5)
-    front = video_io.resize(video_io.read_frames(front_path, range(9)), tuple(c.data.video_size))
+    front = video_io.read_frames(front_path, range(9), tuple(c.data.video_size))
     return inference.view_extend(loaded, tok.from_config(c), front, text(len(rig.names)), rig, 10.0,
                                  jax.random.key(seed), steps, guidance)
 
@@ -93,7 +93,7 @@ def test_guidance_zero_is_the_conditional_pass_alone(job):
     loaded = inference.load(jdir)
     rig = inference.Rig.training(c, 3)
     t = tok.from_config(c)
-    front = video_io.resize(video_io.read_frames(front_path, range(9)), (16, 32))
+    front = video_io.read_frames(front_path, range(9), (16, 32))
     guided, gt = inference.view_extend(loaded, t, front, text(3), rig, 10.0, jax.random.key(5), 3, 0.0)
     from flax import nnx
 

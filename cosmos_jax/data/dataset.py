@@ -8,7 +8,7 @@ Semantics of upstream's `dataset_multiview.Dataset` (spec/cosmos-compat.md §2):
 - text: with `load_mv_emb` each view is cat(prefix, caption); without it the front view uses its caption only and
   every other view only its prefix; each padded or truncated to 512 tokens;
 - `caption_view_idx_map` gives each view its row of the network's view-embedding table;
-- frames resized (antialiased bilinear, no crop) to `video_size`.
+- frames resized (antialiased bilinear, no crop) to `video_size` while they are decoded (`video.read_frames`).
 The random view choice is a function of the generator passed in, which the pipeline derives from (seed, global
 position in the stream), so the stream does not depend on how many processes read it.
 
@@ -171,7 +171,7 @@ class MultiviewWindows:
         for vi in views:
             path = os.path.join(spec.dataset_dir, "videos", spec.view_keys[vi], clip)
             try:
-                frames.append(video.resize(video.read_frames(path, frame_ids), spec.video_size))
+                frames.append(video.read_frames(path, frame_ids, spec.video_size))
                 if fps is None:
                     fps = video.probe(path, count_frames=False).fps
             except video.BadVideoError as e:

@@ -57,8 +57,33 @@ def _frame_index(frame: av.VideoFrame, stream, start_pts: int, fps: float) -> in
     return int(round(float((frame.pts - start_pts) * stream.time_base) * fps))
 
 
-def read_frames(path: str, frame_ids: Sequence[int]) -> np.ndarray:
-    """The frames `frame_ids` (sorted, non-negative) as uint8 [F, H, W, 3] RGB."""
+_PLANAR_420 = ("yuv420p", "yuvj420p")
+
+
+def _resize_plane(a_HW: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    h, w = size_hw
+    return a_HW if a_HW.shape == (h, w) else np.asarray(Image.fromarray(a_HW).resize((w, h), Image.BILINEAR))
+
+
+def frame_rgb(frame: av.VideoFrame, size_hw: tuple[int, int] | None = None) -> np.ndarray:
+    """One decoded frame as uint8 [H, W, 3] RGB, resized to `size_hw` (see the module docstring) when given."""
+    if size_hw is None or tuple(size_hw) == (frame.height, frame.width):
+        return frame.to_ndarray(format="rgb24")
+    h, w = size_hw
+    if frame.format.name not in _PLANAR_420 or h % 2 or w % 2:
+        return resize(frame.to_ndarray(format="rgb24")[None], size_hw)[0]
+    small = av.VideoFrame(w, h, frame.format.name)
+    for src, dst in zip(frame.planes, small.planes, strict=True):
+        plane = np.frombuffer(src, np.uint8).reshape(src.height, src.line_size)[:, :src.width]
+        np.frombuffer(dst, np.uint8).reshape(dst.height, dst.line_size)[:, :dst.width] = _resize_plane(
+            plane, (dst.height, dst.width))
+    small.colorspace, small.color_range = frame.colorspace, frame.color_range
+    return small.to_ndarray(format="rgb24")
+
+
+def read_frames(path: str, frame_ids: Sequence[int], size_hw: tuple[int, int] | None = None) -> np.ndarray:
+    """The frames `frame_ids` (sorted, non-negative) as uint8 [F, H, W, 3] RGB, resized to `size_hw` (no crop,
+    aspect not preserved) when given."""
     wanted = sorted(set(int(i) for i in frame_ids))
     if not wanted or wanted[0] < 0:
         raise ValueError(f"{path}: frame ids must be non-negative, got {list(frame_ids)[:5]}")
@@ -85,7 +110,7 @@ def read_frames(path: str, frame_ids: Sequence[int]) -> np.ndarray:
                     idx = _frame_index(frame, stream, start_pts, fps)
                     first = idx if first is None else first
                     if idx in wanted and idx not in got:
-                        got[idx] = frame.to_ndarray(format="rgb24")
+                        got[idx] = frame_rgb(frame, size_hw)
                     if idx >= wanted[-1]:
                         break
                 if first is not None and first <= wanted[0]:
