@@ -46,6 +46,9 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.model = model_7b()
     c.remat = "full"  # upstream wraps every block in an activation checkpoint
+    # State parts kept in pinned host memory and streamed through the update one block at a time:
+    # () or a tuple of "opt_state" (Adam moments), "ema" (cosmos_jax/offload.py).
+    c.offload = ()
     c.tokenizer = ml_collections.ConfigDict(dict(
         name="cosmos", checkpoint_dir="checkpoints/Cosmos-Tokenize1-CV8x8x8-720p", pixel_chunk_duration=57,
         latent_channels=16, temporal_compression=8, spatial_compression=8,

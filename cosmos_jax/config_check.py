@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 
-from cosmos_jax import remat, sharding
+from cosmos_jax import offload, remat, sharding
 from cosmos_jax.diffusion.conditioning import TRAIN_LOCATIONS
 from cosmos_jax.models.attention import IMPLEMENTATIONS as ATTENTION
 
@@ -64,6 +64,10 @@ def check(c, num_devices: int) -> None:
         _positive_int(c, key)
     _positive_int(c, "checkpoint.export_max_to_keep", minimum=0)
     _need(c.remat in remat.POLICIES, f"config.remat={c.remat!r}: expected one of {', '.join(remat.POLICIES)}")
+    try:
+        offload.check(c.get("offload", ()), c.model.scan_blocks)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     check_mesh(c.mesh, num_devices)
     mesh = dict(sharding.resolve_mesh_shape([tuple(p) for p in c.mesh], num_devices))
     dp = mesh["data"] * mesh["fsdp"]

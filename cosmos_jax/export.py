@@ -30,6 +30,7 @@ import ml_dtypes
 import numpy as np
 
 from converters import keymap, pt_io
+from cosmos_jax import offload
 from cosmos_jax import train_state as ts
 
 REG_DTYPE = np.dtype(ml_dtypes.bfloat16)
@@ -66,7 +67,10 @@ def pt_export_nbytes(state_or_abstract, num_blocks: int) -> int:
 
 
 def _block(x, i):
-    return x if i is None else jax.lax.dynamic_index_in_dim(x, i, keepdims=False)
+    """Block i of a stacked leaf (the whole leaf when i is None), in device memory (a host-resident EMA,
+    config.offload, is sliced first, so one block crosses)."""
+    x = x if i is None else jax.lax.dynamic_index_in_dim(x, i, keepdims=False)
+    return offload.on_device(x)
 
 
 @jax.jit

@@ -4,7 +4,8 @@ Rerunning the training command resumes the job. Before anything is written, `che
 `config.json` with the new config:
 - a change that alters the train state's structure (the network, LoRA, a LoRA job's frozen base) is refused in one
   message naming each key with its old and new value, and the way out (a new job name, or the old value);
-- run-control changes (max_iter, save cadence, logging, data paths, workers, samples, mesh) are accepted and logged;
+- run-control changes (max_iter, save cadence, logging, data paths, workers, samples, mesh, offload) are accepted
+  and logged;
 - any other change (learning rate, seed, conditioning, ...) is accepted with a warning: it changes the training
   from the resumed step on.
 `write_config` writes `config.json` only after that check and keeps the earlier version as
@@ -25,7 +26,7 @@ MODEL_EXECUTION = ("model.dtype", "model.attention_impl", "model.scan_blocks")
 RUN_CONTROL_PREFIXES = ("max_iter", "log_every", "checkpoint.save_iter", "checkpoint.max_to_keep",
                         "checkpoint.export_pt", "checkpoint.export_max_to_keep", "data.dataset_dir",
                         "data.val_dataset_dir", "data.latent_cache", "data.num_workers", "data.on_bad_sample",
-                        "samples.", "mesh", "remat", *MODEL_EXECUTION)
+                        "samples.", "mesh", "remat", "offload", *MODEL_EXECUTION)
 
 
 class RerunConfigError(ValueError):

@@ -26,14 +26,18 @@ def schedule(config) -> optax.Schedule:
                                               float(o.cycle_length))
 
 
+def parts(config) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
+    """(clip_by_global_norm, AdamW(schedule)): the two halves of `make`; the offloaded update (cosmos_jax/
+    offload.py) applies the second one block at a time after the first on the whole gradient."""
+    o = config.optim
+    return (optax.clip_by_global_norm(o.clip_norm),
+            optax.adamw(schedule(config), b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay))
+
+
 def make(config) -> optax.GradientTransformation:
     """clip_by_global_norm -> AdamW(schedule). Weight decay applies to every tensor given to it (all trainable
     parameters, as upstream's single parameter group); buffers are never given to the optimizer."""
-    o = config.optim
-    return optax.chain(
-        optax.clip_by_global_norm(o.clip_norm),
-        optax.adamw(schedule(config), b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay),
-    )
+    return optax.chain(*parts(config))
 
 
 def force_finite(grads):

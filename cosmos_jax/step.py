@@ -20,7 +20,7 @@ import optax
 from flax import nnx
 
 from cosmos_jax import ema as ema_lib
-from cosmos_jax import optim
+from cosmos_jax import offload, optim
 from cosmos_jax.diffusion import conditioning, edm
 from cosmos_jax.diffusion import denoise as dn
 
@@ -41,6 +41,7 @@ class StepConfig:
     force_finite: bool
     ema_enabled: bool
     ema_gamma: float
+    offload: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, c) -> StepConfig:
@@ -55,7 +56,8 @@ class StepConfig:
                    aug_p_mean=cd.augment_sigma_p_mean, aug_p_std=cd.augment_sigma_p_std,
                    aug_multiplier=cd.augment_sigma_multiplier, text_dropout=cd.text_dropout_rate,
                    force_finite=c.optim.force_finite, ema_enabled=c.ema.enabled,
-                   ema_gamma=ema_lib.power_gamma(c.ema.s))
+                   ema_gamma=ema_lib.power_gamma(c.ema.s),
+                   offload=offload.check(c.get("offload", ()), c.model.scan_blocks))
 
 
 def latents_of(batch, tokenizer):
@@ -96,8 +98,10 @@ def micro_loss(params, buffers, graphdef, batch, key, cfg: StepConfig, tokenizer
                   "logvar_mean": jnp.mean(pred.logvar_B)}
 
 
-def train_step(state, batch, key, *, graphdef, tx: optax.GradientTransformation, cfg: StepConfig, tokenizer):
-    """One optimizer update over `grad_accum` micro-batches (the leading axis of every batch array)."""
+def train_step(state, batch, key, *, graphdef, tx: optax.GradientTransformation, cfg: StepConfig, tokenizer,
+               tx_parts=None):
+    """One optimizer update over `grad_accum` micro-batches (the leading axis of every batch array). With
+    `cfg.offload`, `tx_parts` = `optim.parts(config)` (the halves of `tx`)."""
     grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
     accum = batch["text"].shape[0]
     keys = jax.random.split(key, accum)
@@ -120,21 +124,26 @@ def train_step(state, batch, key, *, graphdef, tx: optax.GradientTransformation,
     else:
         nonfinite = jnp.zeros((), jnp.int32)
     grad_norm = optax.tree.norm(grads)
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    if cfg.ema_enabled:
-        ema = ema_lib.update(state["ema"], params, ema_lib.power_beta(state["step"], cfg.ema_gamma))
+    beta = ema_lib.power_beta(state["step"], cfg.ema_gamma) if cfg.ema_enabled else None
+    if cfg.offload:  # moments / EMA in host memory: the same update, streamed one block at a time
+        clip, adamw = tx_parts
+        params, opt_state, ema = offload.update(grads, state["params"], state["opt_state"], state["ema"], clip=clip,
+                                                adamw=adamw, ema_beta=beta, parts=cfg.offload)
     else:
-        ema = state["ema"]
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        ema = state["ema"] if beta is None else ema_lib.update(state["ema"], params, beta)
     new_state = {**state, "step": state["step"] + 1, "params": params, "opt_state": opt_state, "ema": ema}
     metrics.update(grad_norm=grad_norm, nonfinite_grads=nonfinite)
     return new_state, metrics
 
 
-def jit_train_step(state_shardings, batch_sharding, *, graphdef, tx, cfg: StepConfig, tokenizer):
+def jit_train_step(state_shardings, batch_sharding, *, graphdef, tx, cfg: StepConfig, tokenizer, tx_parts=None):
     """`train_step` jitted with the state's shardings in and out and the state donated. Trace and call it under
     `sharding.activate(mesh)`: the model reads the mesh for its activation splits and Ulysses attention."""
-    step = functools.partial(train_step, graphdef=graphdef, tx=tx, cfg=cfg, tokenizer=tokenizer)
+    if cfg.offload and tx_parts is None:
+        raise ValueError("config.offload: pass tx_parts=optim.parts(config) to jit_train_step")
+    step = functools.partial(train_step, graphdef=graphdef, tx=tx, cfg=cfg, tokenizer=tokenizer, tx_parts=tx_parts)
     return jax.jit(step, in_shardings=(state_shardings, batch_sharding, None),
                    out_shardings=(state_shardings, None), donate_argnums=(0,))
 

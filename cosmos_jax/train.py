@@ -104,7 +104,7 @@ def _train(config, mesh, progress: bool) -> dict:
     step_cfg = step_lib.StepConfig.from_config(config)
     batch = global_batch(config, mesh)
     tx = optim.make(config)
-    graphdef, abstract, shardings = ts.layout(cfg_dit, tx, mesh, config.seed)
+    graphdef, abstract, shardings = ts.layout(cfg_dit, tx, mesh, config.seed, offload=step_cfg.offload)
     n_train = checkpoint.tree_nbytes(abstract["params"]) // 4
     n_frozen = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(abstract["buffers"]))
     dev = mesh.devices.flat[0]
@@ -158,6 +158,7 @@ def _train(config, mesh, progress: bool) -> dict:
     # ---- the jitted step -----------------------------------------------------------------------------------
     batch_sh = sharding.batch_sharding(mesh, leading_axes=1)
     train_step = step_lib.jit_train_step(shardings, batch_sh, graphdef=graphdef, tx=tx, cfg=step_cfg,
+                                         tx_parts=optim.parts(config),
                                          tokenizer=tokenizer)
     schedule = optim.schedule(config)
     validator = Validator.maybe(config, graphdef, tokenizer, step_cfg, mesh, jdir)

@@ -74,10 +74,13 @@ def log_compiled(compiled, seconds: float) -> None:
         log.info("train step compiled in %.1f s", seconds)
         return
     gb = lambda n: n / 2**30  # noqa: E731
+    host = getattr(ma, "host_argument_size_in_bytes", 0)
     log.info("train step compiled in %.1f s; per device: arguments %.2f GiB, outputs %.2f GiB (aliased %.2f), "
-             "temporaries %.2f GiB, code %.2f GiB", seconds, gb(ma.argument_size_in_bytes),
+             "temporaries %.2f GiB, code %.2f GiB%s", seconds, gb(ma.argument_size_in_bytes),
              gb(ma.output_size_in_bytes), gb(ma.alias_size_in_bytes), gb(ma.temp_size_in_bytes),
-             gb(ma.generated_code_size_in_bytes))
+             gb(ma.generated_code_size_in_bytes),
+             f"; in host memory (config.offload): arguments {gb(host):.2f} GiB, temporaries "
+             f"{gb(getattr(ma, 'host_temp_size_in_bytes', 0)):.2f} GiB" if host else "")
 
 
 class Phases:

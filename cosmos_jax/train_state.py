@@ -20,6 +20,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from cosmos_jax import offload as offload_lib
 from cosmos_jax import sharding
 from cosmos_jax.models.dit import DiffusionNet, DiTConfig
 from cosmos_jax.models.layers import Buffer
@@ -69,8 +70,9 @@ def _init_fn(cfg: DiTConfig, tx: optax.GradientTransformation, seed: int):
     return init
 
 
-def layout(cfg: DiTConfig, tx: optax.GradientTransformation, mesh, seed: int = 0):
-    """(graphdef, abstract state, state shardings)."""
+def layout(cfg: DiTConfig, tx: optax.GradientTransformation, mesh, seed: int = 0, offload=()):
+    """(graphdef, abstract state, state shardings); the param-shaped tensors of the `offload` parts in pinned host
+    memory (cosmos_jax/offload.py)."""
     graphdef, param_sh, buffer_sh = _model_layout(cfg, mesh)
     with sharding.activate(mesh):
         abstract = jax.eval_shape(_init_fn(cfg, tx, seed))
@@ -79,6 +81,8 @@ def layout(cfg: DiTConfig, tx: optax.GradientTransformation, mesh, seed: int = 0
                                               transform_non_params=lambda _: replicated)
     shardings = {"step": replicated, "params": param_sh, "buffers": buffer_sh, "opt_state": opt_sh,
                  "ema": param_sh}
+    if offload:
+        shardings = offload_lib.shardings(shardings, jax.tree.structure(abstract["params"]), offload)
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
     return graphdef, abstract, shardings
 

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cosmos_jax import sharding
+from cosmos_jax import offload, sharding
 from cosmos_jax import step as step_lib
 from cosmos_jax.data import dataset
 from cosmos_jax.diffusion import conditioning
@@ -56,8 +56,9 @@ class Validator:
                                      config.diffusion.sigma_max)
 
     def losses(self, state) -> dict:
+        ema = offload.to_device(state["ema"])  # a host-resident EMA (config.offload) is read on the device
         return {"val_loss": float(self._loss(state["params"], state["buffers"], self.batch)),
-                "val_loss_ema": float(self._loss(state["ema"], state["buffers"], self.batch))}
+                "val_loss_ema": float(self._loss(ema, state["buffers"], self.batch))}
 
     def samples(self, state, step: int) -> tuple[str, str]:
         s = self.config.samples
@@ -65,7 +66,7 @@ class Validator:
         b, v, t = gt.shape[:3]
         indicator = jnp.broadcast_to(conditioning.condition_indicator("first_cam", v, t), (b, v, t))
         cond = step_lib.condition_of(self.batch, self.batch["text"], indicator)
-        lat = self.extender.generate(state["ema"], state["buffers"], cond, gt, indicator,
+        lat = self.extender.generate(offload.to_device(state["ema"]), state["buffers"], cond, gt, indicator,
                                      jax.random.key(self.config.seed + 1), s.num_steps, s.guidance)
         gen = sharding.to_host(self.tokenizer.decode(lat))[0]
         if jax.process_index() != 0:

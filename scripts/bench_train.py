@@ -1,6 +1,7 @@
 """Training benchmark: real train steps on latents of the seed's shape, JSON to bench/results/ (contracts.md).
 
     python scripts/bench_train.py --config=configs/waymo.py [--blocks K] [--config.remat=full] [--steps 6]
+        [--config.offload='("opt_state","ema")'] [--compile_only]
 
 Inputs are latents (the tokenizer is not in the timed step): 3 views x 8 x 72 x 128 x 16 and 3 x 512 text tokens
 per sample, one sample per data-parallel device unless --config.batch_size says otherwise. `--blocks K` runs a
@@ -27,6 +28,7 @@ from ml_collections import config_flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from cosmos_jax.flops import HOPPER_PEAK as PEAK  # noqa: E402
 from cosmos_jax.flops import model_flops_per_sample  # noqa: E402
+from cosmos_jax.utils import memory as memory_lib  # noqa: E402
 from scripts.bench_common import peak_memory_gb, write_result  # noqa: E402
 
 
@@ -42,9 +44,22 @@ def gemm_tflops(n: int = 8192, reps: int = 10) -> float:
     return 2 * n**3 / statistics.median(times) / 1e12
 
 
-def build(config, devices: int = 0):
+def compiled_memory_gib(compiled) -> dict:
+    """The compiled step's memory analysis per device, GiB: device arguments / outputs / temporaries and the
+    host-memory parts (config.offload)."""
+    ma = compiled.memory_analysis()
+    if ma is None:
+        return {}
+    names = ("argument", "output", "alias", "temp")
+    out = {f"{n}_gib": getattr(ma, f"{n}_size_in_bytes") / 2**30 for n in names}
+    out.update({f"host_{n}_gib": getattr(ma, f"host_{n}_size_in_bytes", 0) / 2**30 for n in names})
+    return {k: round(v, 3) for k, v in out.items()}
+
+
+def build(config, devices: int = 0, compile_only: bool = False):
     """(mesh, jitted step, state, batch, info) for synthetic latents of the config's shape on the first `devices`
-    devices (0 = all). Call and trace the step under `sharding.activate(mesh)`."""
+    devices (0 = all); `compile_only`: the state is its abstract shapes. Call and trace the step under
+    `sharding.activate(mesh)`."""
     from cosmos_jax import optim, sharding
     from cosmos_jax import step as step_lib
     from cosmos_jax import train_state as ts
@@ -57,8 +72,8 @@ def build(config, devices: int = 0):
     c_lat, t_lat, h_lat, w_lat = config.latent_shape
     cfg = build_lib.dit_config(config)
     tx = optim.make(config)
-    graphdef, _, shardings = ts.layout(cfg, tx, mesh)
-    state = ts.create(cfg, tx, mesh, shardings)
+    graphdef, abstract, shardings = ts.layout(cfg, tx, mesh, offload=tuple(config.offload))
+    state = abstract if compile_only else ts.create(cfg, tx, mesh, shardings)
     rng = np.random.default_rng(0)
     host = {"latents": (rng.standard_normal((1, batch, views, t_lat, h_lat, w_lat, c_lat)) * 0.5).astype(np.float32),
             "text": rng.standard_normal((1, batch, views, 512, cfg.crossattn_emb_channels)).astype(np.float32),
@@ -69,7 +84,8 @@ def build(config, devices: int = 0):
     rows = slice(rank * (batch // count), (rank + 1) * (batch // count))
     data = sharding.put_batch({k: v[:, rows] for k, v in host.items()}, batch_sh, batch)
     step = step_lib.jit_train_step(shardings, batch_sh, graphdef=graphdef, tx=tx,
-                                   cfg=step_lib.StepConfig.from_config(config), tokenizer=None)
+                                   cfg=step_lib.StepConfig.from_config(config), tokenizer=None,
+                                   tx_parts=optim.parts(config))
     flops = model_flops_per_sample(cfg, views, t_lat, h_lat, w_lat) * batch
     info = {"cfg": cfg, "batch": batch, "views": views, "flops": flops,
             "tokens_per_sample": views * (t_lat // cfg.patch_temporal) * (h_lat // 2) * (w_lat // 2)}
@@ -87,12 +103,16 @@ def main(argv):
     config = f.config
     if f.blocks:
         config.model.num_blocks = f.blocks
-    mesh, step, state, data, info = build(config, f.devices)
+    mesh, step, state, data, info = build(config, f.devices, f.compile_only)
     cfg, batch, flops, ndev = info["cfg"], info["batch"], info["flops"], mesh.size
     with sharding.activate(mesh):
         t0 = time.perf_counter()
         compiled = step.lower(state, data, jax.random.key(0)).compile()
         compile_s = time.perf_counter() - t0
+        memory = compiled_memory_gib(compiled)
+        print(json.dumps({"blocks": cfg.num_blocks, "compile_s": round(compile_s, 1), **memory}), flush=True)
+        if f.compile_only:
+            return
         times = []
         for i in range(f.steps):
             t = time.perf_counter()
@@ -104,7 +124,7 @@ def main(argv):
     suffix = "" if ndev == 1 else "_" + "-".join(f"{k}{v}" for k, v in mesh_sizes.items() if v > 1)
     result = {
         "name": f.name or (f"train_{cfg.num_blocks}blocks_remat-{config.remat}{'_lora' if cfg.lora_rank else ''}"
-                           + suffix),
+                           + ("_offload-" + "-".join(config.offload) if config.offload else "") + suffix),
         "mode": "lora" if cfg.lora_rank else "full",
         "num_devices": ndev, "card": jax.devices()[0].device_kind, "date": datetime.date.today().isoformat(),
         "command": " ".join(["python", "scripts/bench_train.py", *sys.argv[1:]]),
@@ -116,6 +136,7 @@ def main(argv):
         "step_time_s": step_time, "step_times_s": times, "samples_per_s": batch / step_time,
         "model_tflops_per_step": flops / 1e12, "mfu": flops / step_time / (PEAK * ndev),
         "gemm_tflops": gemm_tflops(), "peak_memory_gb": peak_memory_gb(), "compile_s": compile_s,
+        "compiled_memory_gib": memory, "offload": list(config.offload), "peak_host_rss_gb": memory_lib.peak_rss_gb(),
         "loss": float(m["loss"]), "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "num_processes": jax.process_count(),
     }
@@ -132,5 +153,6 @@ if __name__ == "__main__":
     flags.DEFINE_integer("steps", 6, "steps (the first is warm-up)")
     flags.DEFINE_integer("devices", 0, "use the first N devices (0 = all): scaling runs on subsets of one machine")
     flags.DEFINE_string("name", "", "result name")
+    flags.DEFINE_bool("compile_only", False, "print the compiled step's memory analysis and stop (no state made)")
     flags.DEFINE_string("out", "bench/results", "output folder")
     app.run(main)

@@ -1,0 +1,165 @@
+"""Parts of the train state in pinned host memory, streamed through the update one block at a time.
+
+`config.offload` names parts of the state (`"opt_state"`: the Adam moments; `"ema"`) that live in host memory
+(JAX memory kind `pinned_host`) between steps. The jitted step computes the gradients as usual; then the update
+runs as
+  1. clip: optax's `clip_by_global_norm` on the whole gradient tree (the global norm needs every gradient),
+  2. the tensors outside the blocks (embedders, final layer, logvar): their moments and EMA are brought to the
+     device, AdamW + EMA, and stored back,
+  3. the 28 stacked blocks through `lax.scan`: block i's moments and EMA are brought to the device, block i's AdamW
+     step and EMA update run, and the new values go back to host memory, so the device holds one block of them at a
+     time (XLA overlaps the copies of block i + 1 with the compute of block i where it can).
+AdamW is optax's own transformation applied to each part (its step count advances once per update), and the EMA is
+`ema.update` on each part: the same fp32 math as the plain step, in another grouping (tests/test_offload.py checks
+the losses and weights against the plain step).
+
+Offload is orthogonal to the mesh: the host copies keep the device shardings' partition specs (each device's shard
+lives in its own host's memory), so `fsdp` / `context` meshes offload their shards.
+"""
+
+from __future__ import annotations
+
+import jax
+import optax
+from jax.sharding import NamedSharding
+
+PARTS = ("opt_state", "ema")
+HOST = "pinned_host"
+BLOCKS = ("net", "blocks")  # the stacked blocks (model.scan_blocks): leading axis = block index
+
+
+def check(offload, scan_blocks: bool) -> tuple[str, ...]:
+    """The validated `config.offload` tuple (ValueError naming the value and what is expected)."""
+    parts = tuple(offload or ())
+    bad = [p for p in parts if p not in PARTS]
+    if bad or len(set(parts)) != len(parts):
+        raise ValueError(f"config.offload={parts!r}: expected a tuple of distinct names from {PARTS}")
+    if parts and not scan_blocks:
+        raise ValueError("config.offload needs model.scan_blocks=True (the update streams the stacked blocks)")
+    return parts
+
+
+def shardings(state_shardings: dict, params_treedef, parts) -> dict:
+    """The state's shardings with the param-shaped tensors of `parts` in pinned host memory (scalars such as the
+    optimizer's step count stay on the device)."""
+    out = dict(state_shardings)
+    for part in parts:
+        out[part] = _map_param_shaped(state_shardings[part], params_treedef,
+                                      lambda t: jax.tree.map(lambda s: s.with_memory_kind(HOST), t))
+    return out
+
+
+def on_device(tree):
+    """Inside jit: `tree` in device memory (a no-op for arrays already there)."""
+    return jax.tree.map(lambda a: jax.device_put(a, jax.memory.Space.Device), tree)
+
+
+def on_host(tree):
+    """Inside jit: `tree` in host memory."""
+    return jax.tree.map(lambda a: jax.device_put(a, jax.memory.Space.Host), tree)
+
+
+def to_device(tree):
+    """Outside jit: a copy of `tree` in device memory with the same partition specs (validation and samples read
+    the EMA on the device)."""
+    def put(a):
+        s = a.sharding
+        if isinstance(s, NamedSharding) and s.memory_kind == HOST:
+            return jax.device_put(a, s.with_memory_kind("device"))
+        return a
+    return jax.tree.map(put, tree)
+
+
+def update(grads, params, opt_state, ema, *, clip, adamw, ema_beta, parts):
+    """(params, opt_state, ema) after one step, streaming the blocks of the offloaded parts (module docstring).
+    `clip` and `adamw` are the two halves of `optim.make` (`optim.parts`); `ema_beta` None = EMA off."""
+    grads, _ = clip.update(grads, clip.init(params))
+    treedef = jax.tree.structure(params)
+    clip_state, adam_state = opt_state
+    host_opt, host_ema = "opt_state" in parts, "ema" in parts
+
+    def one(g, p, skeleton, moments, e):
+        """AdamW + EMA of one piece; `skeleton` = its optimizer state without the moments (the step count)."""
+        state = _combine(skeleton, on_device(moments) if host_opt else moments)
+        upd, state = adamw.update(g, state, p)
+        p = optax.apply_updates(p, upd)
+        if ema_beta is not None:
+            e = _ema(on_device(e) if host_ema else e, p, ema_beta)
+            e = on_host(e) if host_ema else e
+        skeleton, moments = _partition(state, jax.tree.structure(p))
+        return p, skeleton, (on_host(moments) if host_opt else moments), e
+
+    # Outside the blocks: one piece. Its new skeleton carries the advanced step count for the whole state.
+    rest_def = jax.tree.structure(_rest(params))
+    skel_rest, moments_rest = _partition(_map_param_shaped(adam_state, treedef, _rest), rest_def)
+    p_rest, new_skeleton, moments_rest, e_rest = one(_rest(grads), _rest(params), skel_rest, moments_rest,
+                                                     _rest(ema))
+
+    # The blocks: scan over the stacked leading axis; every block sees the same (old) step count.
+    blocks_def = jax.tree.structure(_blocks(params))
+    skel_blk, moments_blk = _partition(_map_param_shaped(adam_state, treedef, _blocks), blocks_def)
+
+    def body(carry, xs):
+        g, p, moments, e = xs
+        p, _, moments, e = one(g, p, skel_blk, moments, e)
+        return carry, (p, moments, e)
+
+    _, (p_blk, moments_blk, e_blk) = jax.lax.scan(
+        body, None, (_blocks(grads), _blocks(params), moments_blk, _blocks(ema)))
+    moments = [_merge(b, r) for b, r in zip(moments_blk, moments_rest, strict=True)]
+    adam_state = _combine(new_skeleton, moments)  # skeletons hold no param-shaped parts: any piece's will do
+    return _merge(p_blk, p_rest), (clip_state, adam_state), _merge(e_blk, e_rest)
+
+
+def _ema(e, p, beta):
+    from cosmos_jax import ema as ema_lib
+
+    return ema_lib.update(e, p, beta)
+
+
+# ---- sub-trees of the params: the stacked blocks and the rest ---------------------------------------------------
+
+def _blocks(tree):
+    return None if tree is None else {BLOCKS[0]: {BLOCKS[1]: tree[BLOCKS[0]][BLOCKS[1]]}}
+
+
+def _rest(tree):
+    if tree is None:
+        return None
+    out = {k: v for k, v in tree.items() if k != BLOCKS[0]}
+    net = {k: v for k, v in tree[BLOCKS[0]].items() if k != BLOCKS[1]}
+    return {BLOCKS[0]: net, **out} if net else out
+
+
+def _merge(blocks, rest):
+    net = {**rest.get(BLOCKS[0], {}), **blocks[BLOCKS[0]]}
+    return {**rest, BLOCKS[0]: net}
+
+
+# ---- optimizer states: param-shaped sub-trees (mu, nu) and the rest (counts) ----------------------------------
+
+def _is_param_shaped(x, treedef) -> bool:
+    return isinstance(x, dict) and jax.tree.structure(x) == treedef
+
+
+def _map_param_shaped(state, treedef, fn):
+    """`state` with every param-shaped sub-tree (e.g. Adam's mu and nu) replaced by fn(sub-tree)."""
+    return jax.tree.map(lambda x: fn(x) if _is_param_shaped(x, treedef) else x, state,
+                        is_leaf=lambda x: _is_param_shaped(x, treedef))
+
+
+def _partition(state, treedef):
+    """(state with its param-shaped parts, for params of structure `treedef`, replaced by None; those parts)."""
+    found = []
+
+    def take(x):
+        found.append(x)
+        return None
+    skeleton = jax.tree.map(lambda x: take(x) if _is_param_shaped(x, treedef) else x, state,
+                            is_leaf=lambda x: _is_param_shaped(x, treedef))
+    return skeleton, found
+
+
+def _combine(skeleton, parts):
+    it = iter(parts)
+    return jax.tree.map(lambda x: next(it) if x is None else x, skeleton, is_leaf=lambda x: x is None)

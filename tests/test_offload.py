@@ -1,0 +1,159 @@
+"""config.offload: Adam moments and EMA in pinned host memory, streamed through the update block by block. The same
+losses and weights as the plain step, on one device and on an fsdp mesh, with a checkpoint round trip."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from configs import demo
+from cosmos_jax import checkpoint, offload, optim, sharding
+from cosmos_jax import step as step_lib
+from cosmos_jax import train_state as ts
+from cosmos_jax.models import build
+from cosmos_jax.models import tokenizer as tok
+
+BOTH = ("opt_state", "ema")
+
+
+def tiny(offload_parts=(), lora=False):
+    c = demo.get_config()
+    c.model.update(dict(model_channels=32, num_blocks=3, num_heads=2, crossattn_emb_channels=8, adaln_lora_dim=8))
+    c.data.video_size = (16, 16)
+    c.optim.warmup_steps = 2  # large updates: a wrong moment or count shows
+    c.ema.s = 0.3
+    c.offload = offload_parts
+    if lora:
+        c.lora.update(dict(rank=4, alpha=8.0, targets=("to_q", "to_v", "layer1")))
+    return c
+
+
+def batch(seed):
+    rng = np.random.default_rng(seed)
+    return {"video": rng.integers(0, 255, (1, 2, 3, 9, 16, 16, 3)).astype(np.uint8),
+            "text": rng.standard_normal((1, 2, 3, 512, 8)).astype(np.float32),
+            "view_idx": np.tile(np.array([[[0, 1, 2]]], np.int32), (1, 2, 1)), "fps": np.full((1, 2), 10.0, np.float32),
+            "frame_repeat": np.zeros((1, 2, 3), np.float32)}
+
+
+def run(c, mesh, steps=3, state=None, start=0):
+    """(state, losses) after `steps` jitted, donated steps (a fresh state unless given)."""
+    cfg, tx = build.dit_config(c), optim.make(c)
+    graphdef, abstract, sh = ts.layout(cfg, tx, mesh, offload=tuple(c.offload))
+    batch_sh = sharding.batch_sharding(mesh, leading_axes=1)
+    step = step_lib.jit_train_step(sh, batch_sh, graphdef=graphdef, tx=tx, cfg=step_lib.StepConfig.from_config(c),
+                                   tokenizer=tok.from_config(c), tx_parts=optim.parts(c))
+    losses = []
+    with sharding.activate(mesh):
+        state = ts.create(cfg, tx, mesh, sh) if state is None else state
+        for i in range(start, start + steps):
+            state, m = step(state, sharding.put_batch(batch(i), batch_sh, 2), jax.random.key(i))
+            losses.append(float(m["loss"]))
+    return state, losses, sh, abstract
+
+
+def kinds(tree):
+    return {a.sharding.memory_kind for a in jax.tree.leaves(tree) if a.ndim}
+
+
+def assert_same_state(a, b, rtol):
+    for part in ("params", "ema"):
+        for (p, x), y in zip(ts.flat(a[part]).items(), ts.flat(b[part]).values(), strict=True):
+            np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=1e-7, err_msg=f"{part} {p}")
+    for x, y in zip(jax.tree.leaves(a["opt_state"]), jax.tree.leaves(b["opt_state"]), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=1e-12)
+
+
+@pytest.mark.parametrize("mesh_spec,lora", [((("data", 1), ("fsdp", 1), ("context", 1)), False),
+                                            ((("data", 1), ("fsdp", 2), ("context", 1)), False),
+                                            ((("data", 1), ("fsdp", 1), ("context", 1)), True)])
+def test_offloaded_steps_match_the_plain_step(mesh_spec, lora):
+    n = dict(mesh_spec)["fsdp"]
+    mesh = sharding.make_mesh(mesh_spec, devices=jax.devices()[:n])
+    plain, plain_losses, _, _ = run(tiny((), lora), mesh)
+    off, off_losses, _, _ = run(tiny(BOTH, lora), mesh)
+    assert kinds(off["ema"]) == {"pinned_host"} and kinds(off["opt_state"]) == {"pinned_host"}
+    assert kinds(off["params"]) == {"device"} and kinds(plain["opt_state"]) == {"device"}
+    assert int(off["opt_state"][1][0].count) == 3
+    np.testing.assert_allclose(off_losses, plain_losses, rtol=1e-6)
+    assert_same_state(off, plain, rtol=1e-6)
+    # the EMA moved away from the weights and the weights from their start: the comparison is not vacuous
+    start = ts.create(build.dit_config(tiny((), lora)), optim.make(tiny()), mesh,
+                      ts.layout(build.dit_config(tiny((), lora)), optim.make(tiny()), mesh)[2])
+    k = next(iter(ts.flat(plain["params"])))
+    assert not np.allclose(np.asarray(ts.flat(plain["params"])[k]), np.asarray(ts.flat(start["params"])[k]))
+
+
+def test_only_the_ema_offloaded():
+    mesh = sharding.make_mesh((("data", 1), ("fsdp", 1), ("context", 1)), devices=jax.devices()[:1])
+    plain, plain_losses, _, _ = run(tiny(()), mesh, steps=2)
+    off, off_losses, _, _ = run(tiny(("ema",)), mesh, steps=2)
+    assert kinds(off["ema"]) == {"pinned_host"} and kinds(off["opt_state"]) == {"device"}
+    np.testing.assert_allclose(off_losses, plain_losses, rtol=1e-6)
+    assert_same_state(off, plain, rtol=1e-6)
+
+
+def test_offloaded_state_saves_restores_and_resumes(tmp_path):
+    """Orbax round trip of a host-resident state (restored onto host memory again), then the resumed steps equal
+    an uninterrupted run; restoring the same checkpoint without offload works too (another placement)."""
+    mesh = sharding.make_mesh((("data", 1), ("fsdp", 2), ("context", 1)), devices=jax.devices()[:2])
+    whole, whole_losses, _, _ = run(tiny(BOTH), mesh, steps=3)
+    first, _, sh, abstract = run(tiny(BOTH), mesh, steps=2)
+    mngr = checkpoint.Manager(str(tmp_path / "job"), max_to_keep=1, async_save=False)
+    mngr.save(2, first, {}, {"step": 2})
+    mngr.close()
+    restored, _, _ = checkpoint.Manager(str(tmp_path / "job"), 1).restore(2, abstract)
+    assert kinds(restored["ema"]) == {"pinned_host"} and kinds(restored["opt_state"]) == {"pinned_host"}
+    assert_same_state(restored, first, rtol=0)
+    resumed, losses, _, _ = run(tiny(BOTH), mesh, steps=1, state=restored, start=2)
+    np.testing.assert_allclose(losses, whole_losses[2:], rtol=1e-6)
+    assert_same_state(resumed, whole, rtol=1e-6)
+    _, plain_abstract, _ = ts.layout(build.dit_config(tiny()), optim.make(tiny()), mesh)
+    on_device, _, _ = checkpoint.Manager(str(tmp_path / "job"), 1).restore(2, plain_abstract)
+    assert kinds(on_device["ema"]) == {"device"}
+    assert_same_state(on_device, first, rtol=0)
+
+
+@pytest.mark.parametrize("value,msg", [(("moments",), "expected a tuple of distinct names"),
+                                       (("ema", "ema"), "expected a tuple of distinct names")])
+def test_bad_offload_values(value, msg):
+    with pytest.raises(ValueError, match=msg):
+        offload.check(value, True)
+    with pytest.raises(ValueError, match="scan_blocks"):
+        offload.check(("ema",), False)
+
+
+def test_export_of_an_offloaded_state_is_the_same_file(tmp_path):
+    from cosmos_jax import export
+    from tests.test_export import members
+
+    mesh = sharding.make_mesh((("data", 1), ("fsdp", 1), ("context", 1)), devices=jax.devices()[:1])
+    plain, _, _, _ = run(tiny(()), mesh, steps=1)
+    off, _, _, _ = run(tiny(BOTH), mesh, steps=1)
+    a = export.export_pt(plain, 3, str(tmp_path / "plain"), 1)
+    b = export.export_pt(off, 3, str(tmp_path / "off"), 1)
+    for x, y in zip(a, b, strict=True):
+        assert members(x) == members(y)  # every member's bytes (the zip headers carry the write time)
+
+
+def test_train_with_offload(tmp_path, monkeypatch):
+    """The CLI's path: offloaded state, validation and samples from the host-resident EMA, save, export, resume."""
+    from cosmos_jax import train
+    from tests.data import fixtures as fx
+    from tests.test_rerun import config
+
+    data = fx.build(str(tmp_path / "ds"), clips=(12, 10))
+    fx.build(str(tmp_path / "ds" / "heldout"), clips=(10,))
+    c = config(data)
+    c.offload = BOTH
+    monkeypatch.setenv("OUTPUT_ROOT", str(tmp_path / "out"))
+    first = train.train(c, progress=False, devices=jax.devices()[:1])
+    jdir = first["job_dir"]
+    assert first["final"]["step"] == 2 and np.isfinite(first["final"]["val_loss_ema"])
+    assert sorted(n for n in os.listdir(os.path.join(jdir, "checkpoints")) if n.endswith(".pt")) == [
+        "iter_000000002_ema_model.pt", "iter_000000002_reg_model.pt"]
+    c.max_iter = 3
+    c.offload = ()  # placement is not structure: the rerun resumes on the device
+    second = train.train(c, progress=False, devices=jax.devices()[:1])
+    assert second["final"]["step"] == 3 and np.isfinite(second["final"]["loss"])
