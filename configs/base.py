@@ -74,8 +74,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.samples = ml_collections.ConfigDict(dict(enabled=True, num_steps=35, guidance=7.0, val_at_start=True))
     c.lora = ml_collections.ConfigDict(dict(rank=0, alpha=0.0, targets=()))  # targets: upstream names
     # max_to_keep: Orbax checkpoints kept; export_max_to_keep: `.pt` exports kept (0 = max_to_keep; 7B: 43 GB each).
+    # async_save: train on while a checkpoint is written (Orbax first copies the device-resident state to host
+    # memory); concurrent_gb: bytes Orbax writes or reads at once (bounds its host buffers).
     c.checkpoint = ml_collections.ConfigDict(dict(
-        save_iter=200, max_to_keep=3, export_pt=True, export_max_to_keep=0, load_path="",
+        save_iter=200, max_to_keep=3, export_pt=True, export_max_to_keep=0, load_path="", async_save=True,
+        concurrent_gb=8,
     ))
     c.max_iter = 2000
     c.log_every = 10

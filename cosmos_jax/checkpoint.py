@@ -82,12 +82,17 @@ def remove_partial(job_dir: str) -> list[str]:
 class Manager:
     """The job's Orbax CheckpointManager (items `state`, `data`, `meta`)."""
 
-    def __init__(self, job_dir: str, max_to_keep: int, async_save: bool = True):
+    def __init__(self, job_dir: str, max_to_keep: int, async_save: bool = True, concurrent_gb: int = 8):
+        """`async_save`: the step goes on while the checkpoint is written (Orbax first copies the device-resident
+        state to host memory); `concurrent_gb`: the bytes Orbax serialises (or reads) at once, which bounds its
+        host buffers (its default, 96, holds about a whole 7B state)."""
         self.job_dir = job_dir
         self.directory = os.path.abspath(os.path.join(job_dir, "orbax"))
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                                enable_async_checkpointing=async_save)
-        self.mngr = ocp.CheckpointManager(self.directory, options=options)
+        handler = ocp.StandardCheckpointHandler(save_concurrent_gb=concurrent_gb, restore_concurrent_gb=concurrent_gb)
+        self.mngr = ocp.CheckpointManager(self.directory, options=options, item_handlers={
+            "state": handler, "data": ocp.JsonCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
         self.pending: int | None = None
 
     def latest_step(self) -> int | None:

@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 # Execution settings inside `model` that do not change any tensor of the state.
 MODEL_EXECUTION = ("model.dtype", "model.attention_impl", "model.scan_blocks")
 RUN_CONTROL_PREFIXES = ("max_iter", "log_every", "checkpoint.save_iter", "checkpoint.max_to_keep",
-                        "checkpoint.export_pt", "checkpoint.export_max_to_keep", "data.dataset_dir",
+                        "checkpoint.export_pt", "checkpoint.export_max_to_keep",
+                        "checkpoint.async_save", "checkpoint.concurrent_gb", "data.dataset_dir",
                         "data.val_dataset_dir", "data.latent_cache", "data.num_workers", "data.on_bad_sample",
                         "samples.", "mesh", "remat", "offload", *MODEL_EXECUTION)
 

@@ -133,7 +133,8 @@ def _train(config, mesh, progress: bool) -> dict:
             for p in checkpoint.remove_partial(jdir):
                 log.info("removed the partial checkpoint %s of a killed save", p)
     # ---- state: resume, base weights, or fresh -------------------------------------------------------------
-    ckpt = checkpoint.Manager(jdir, config.checkpoint.max_to_keep)
+    ckpt = checkpoint.Manager(jdir, config.checkpoint.max_to_keep, config.checkpoint.get("async_save", True),
+                              config.checkpoint.get("concurrent_gb", 8))
     t0 = time.time()
     if latest is not None:
         base = fresh_state(config, cfg_dit, tx, mesh, abstract, shardings) if lora_job else None

@@ -88,9 +88,16 @@ def layout(cfg: DiTConfig, tx: optax.GradientTransformation, mesh, seed: int = 0
 
 
 def create(cfg: DiTConfig, tx: optax.GradientTransformation, mesh, shardings, seed: int = 0) -> State:
-    """A freshly initialised state, created sharded."""
+    """A freshly initialised state, created sharded. With parts in host memory (config.offload) each part of the
+    state is made by its own computation (the same values: same init, same seed), so the device never holds more
+    than the params and one part (the 7B's whole fp32 state would be 108 GiB at once)."""
+    init = _init_fn(cfg, tx, seed)
     with sharding.activate(mesh):
-        return jax.jit(_init_fn(cfg, tx, seed), out_shardings=shardings)()
+        hosted = any(getattr(s, "memory_kind", None) == offload_lib.HOST for s in jax.tree.leaves(shardings))
+        if not hosted:
+            return jax.jit(init, out_shardings=shardings)()
+        return {name: jax.jit(lambda name=name: init()[name], out_shardings=sh)()
+                for name, sh in shardings.items()}
 
 
 def flat(tree: dict) -> dict[tuple[str, ...], Any]:

@@ -67,3 +67,16 @@ def test_unknown_model_key_is_refused():
     c.model.modle_channels = 3
     with pytest.raises(ValueError, match="modle_channels"):
         build.dit_config(c)
+
+
+def test_one_gpu_full_fine_tune_config():
+    from configs import waymo_1gpu
+    from cosmos_jax import config_check
+
+    c = waymo_1gpu.get_config("v2w")
+    assert c.offload == ("opt_state", "ema") and not c.checkpoint.async_save and c.lora.rank == 0
+    assert c.conditioning.condition_location == "first_cam_and_random_n"
+    config_check.check(c, 1)
+    c.model.scan_blocks = False
+    with pytest.raises(config_check.ConfigError, match="config.offload needs model.scan_blocks=True"):
+        config_check.check(c, 1)
