@@ -113,6 +113,11 @@ def test_offloaded_state_saves_restores_and_resumes(tmp_path):
     on_device, _, _ = checkpoint.Manager(str(tmp_path / "job"), 1).restore(2, plain_abstract)
     assert kinds(on_device["ema"]) == {"device"}
     assert_same_state(on_device, first, rtol=0)
+    one = sharding.make_mesh((("data", 1), ("fsdp", 1), ("context", 1)), devices=jax.devices()[2:3])  # another mesh
+    _, one_abstract, _ = ts.layout(build.dit_config(tiny()), optim.make(tiny()), one, offload=BOTH)
+    moved, _, _ = checkpoint.Manager(str(tmp_path / "job"), 1).restore(2, one_abstract)
+    assert kinds(moved["ema"]) == {"pinned_host"} and {d.id for a in jax.tree.leaves(moved) for d in a.devices()} == {2}
+    assert_same_state(moved, first, rtol=0)
 
 
 @pytest.mark.parametrize("value,msg", [(("moments",), "expected a tuple of distinct names"),
