@@ -172,10 +172,10 @@ def score(views: dict[str, np.ndarray], rig: dict, real: dict[str, np.ndarray] |
     n = min(len(v) for v in views.values())
     idx = np.unique(np.linspace(0, n - 1, max(1, min(frames, n))).round().astype(int))
     out: dict = {"pairs": {}, "views": {}}
+    cams = rig.get("cameras", {})
     for a, b in PAIRS:
-        if a in views and b in views:
-            out["pairs"][f"{a}/{b}"] = pair_consistency(views[a][idx], views[b][idx], rig["cameras"][a],
-                                                        rig["cameras"][b])
+        if a in views and b in views and a in cams and b in cams:
+            out["pairs"][f"{a}/{b}"] = pair_consistency(views[a][idx], views[b][idx], cams[a], cams[b])
     for name, gen in (real and views.items()) or ():
         if name in real and name != "pinhole_front":
             m = min(len(gen), len(real[name]))

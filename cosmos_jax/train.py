@@ -177,6 +177,14 @@ def _train(config, mesh, progress: bool) -> dict:
     bar = tqdm(total=config.max_iter, initial=start, disable=not progress or jax.process_index() > 0,
                desc=config.job.name, dynamic_ncols=True)
     last, skipped, compiled, first_s, t_first, t_last, n_since = {}, 0, None, 0.0, 0.0, 0.0, 0
+    if start == 0 and validator and config.samples.enabled:  # the ceiling and the trivial baseline of the scores
+        ref = validator.reference_quality()
+        writer.write(0, {f"{k}_{m}": v for k, d in ref.items() for m, v in d.items()}, prefix="val_reference")
+        log.info("held-out views, for reference: real views Sampson median %.2f px, inliers %.2f; every view = the "
+                 "front view: %.2f px, inliers %.2f, PSNR %.2f dB, SSIM %.3f",
+                 ref["real"].get("sampson_median_px", float("nan")), ref["real"].get("inlier_fraction", float("nan")),
+                 *(ref["baseline_front_copy"].get(k, float("nan"))
+                   for k in ("sampson_median_px", "inlier_fraction", "psnr_db", "ssim")))
     if start == 0 and validator and config.samples.get("val_at_start", True):
         writer.write(0, phases.validate(state, 0, with_samples=False), prefix="val")
     it = start
@@ -248,6 +256,8 @@ def _train(config, mesh, progress: bool) -> dict:
     if jax.process_index() == 0:
         summary["loss_plot"] = metrics_lib.plot_losses(os.path.join(jdir, "metrics.jsonl"),
                                                        os.path.join(jdir, "loss.png"))
+        summary["quality_plot"] = metrics_lib.plot_quality(os.path.join(jdir, "metrics.jsonl"),
+                                                           os.path.join(jdir, "quality.png"))
         with open(os.path.join(jdir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2, default=str)
     return summary

@@ -152,7 +152,13 @@ class Phases:
                  self.took("validation_s", t))
         if with_samples and self.config.samples.enabled:  # every process samples (sharded), process 0 writes
             t = time.time()
-            mp4, png = self.validator.samples(state, step)
+            mp4, png, scores = self.validator.samples(state, step)
             log.info("step %d: samples (%d sampler steps) in %.1f s: %s %s", step, self.config.samples.num_steps,
                      self.took("samples_s", t), mp4 or "", png or "")
+            if scores:
+                log.info("step %d: generated views: cross-view Sampson median %.2f px, inliers %.2f (%d matches), "
+                         "PSNR %.2f dB, SSIM %.3f", step, scores.get("xview_sampson_median_px", float("nan")),
+                         scores.get("xview_inlier_fraction", float("nan")), scores.get("xview_matches", 0),
+                         scores.get("psnr_db", float("nan")), scores.get("ssim", float("nan")))
+            out.update(scores)
         return out

@@ -1,5 +1,6 @@
 """What the training loop does at each save besides checkpointing: the validation loss on held-out windows (fixed
-sigma grid, fixed noise; regular and EMA weights) and view-extension samples from the EMA weights."""
+sigma grid, fixed noise; regular and EMA weights) and view-extension samples from the EMA weights, scored for
+cross-view consistency (the held-out clip's rig calibration) and fidelity to the real views (cosmos_jax/quality.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cosmos_jax import offload, sharding
+from cosmos_jax import offload, quality, sharding
 from cosmos_jax import step as step_lib
 from cosmos_jax.data import dataset
 from cosmos_jax.diffusion import conditioning
@@ -46,6 +47,7 @@ class Validator:
         self.view_names = [spec.view_keys[i] for i in range(spec.num_views)]
         sample = self.source.load_window(0, np.arange(spec.num_views))
         self.real_video = sample["video"]  # V F H W 3
+        self.rig = self._rig(heldout_dir(config), self.source.windows[0][0])
         self.fps = float(sample["fps"])
         rep = sharding.replicated(mesh)
         keys = ("video", "text", "view_idx", "fps", "frame_repeat")
@@ -60,6 +62,31 @@ class Validator:
         return {"val_loss": float(self._loss(state["params"], state["buffers"], self.batch)),
                 "val_loss_ema": float(self._loss(ema, state["buffers"], self.batch))}
 
+    @staticmethod
+    def _rig(dataset_dir: str, clip: str) -> dict | None:
+        try:
+            return quality.load_rig(dataset_dir, clip)
+        except FileNotFoundError as e:
+            log.warning("%s: the samples are scored for fidelity only", e)
+            return None
+
+    def quality(self, gen_VFHW3: np.ndarray) -> dict:
+        """Cross-view consistency and fidelity of generated views (cosmos_jax/quality.py), flat for the metric
+        writer: xview_* (pairs pooled) and psnr_db / ssim (the generated views against the real held-out ones)."""
+        frames = int(self.config.samples.get("quality_frames", 4))
+        gen = dict(zip(self.view_names, gen_VFHW3, strict=True))
+        real = dict(zip(self.view_names, self.real_video, strict=True))
+        s = quality.score(gen, self.rig or {"cameras": {}}, real, frames)["summary"]
+        out = {f"xview_{k}": v for k, v in s.items() if k in ("sampson_median_px", "inlier_fraction", "matches")}
+        out.update({k: s[k] for k in ("psnr_db", "ssim") if k in s})
+        return out
+
+    def reference_quality(self) -> dict:
+        """The same numbers for the real held-out views (the ceiling) and for every view = the front view."""
+        real = dict(zip(self.view_names, self.real_video, strict=True))
+        rep = quality.report(real, real, self.rig or {"cameras": {}}, int(self.config.samples.get("quality_frames", 4)))
+        return {"real": rep["real"]["summary"], "baseline_front_copy": rep["baseline_front_copy"]["summary"]}
+
     def samples(self, state, step: int) -> tuple[str, str]:
         s = self.config.samples
         gt = step_lib.latents_of(self.batch, self.tokenizer)
@@ -70,6 +97,7 @@ class Validator:
                                      jax.random.key(self.config.seed + 1), s.num_steps, s.guidance)
         gen = sharding.to_host(self.tokenizer.decode(lat))[0]
         if jax.process_index() != 0:
-            return None, None
-        return write_comparison(self.samples_dir, f"iter_{step:09d}", self.real_video, gen, self.view_names,
-                                self.fps)
+            return None, None, {}
+        mp4, png = write_comparison(self.samples_dir, f"iter_{step:09d}", self.real_video, gen, self.view_names,
+                                    self.fps)
+        return mp4, png, self.quality(gen)

@@ -69,3 +69,37 @@ def plot_losses(metrics_path: str, out_png: str) -> str | None:
     fig.savefig(out_png)
     plt.close(fig)
     return out_png
+
+
+def plot_quality(metrics_path: str, out_png: str) -> str | None:
+    """The generated held-out views' scores at each save (cross-view Sampson distance, PSNR, SSIM), with the real
+    views' (ceiling) and the front-copy baseline's as horizontal lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read(metrics_path)
+    val = [r for r in rows if r["kind"] == "val" and "xview_sampson_median_px" in r]
+    if not val:
+        return None
+    ref = next((r for r in rows if r["kind"] == "val_reference"), {})
+    panels = [("xview_sampson_median_px", "cross-view Sampson median (px)", "sampson_median_px"),
+              ("xview_inlier_fraction", "cross-view inlier fraction", "inlier_fraction"),
+              ("psnr_db", "PSNR vs real views (dB)", "psnr_db"), ("ssim", "SSIM vs real views", "ssim")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3), dpi=100)
+    for ax, (key, title, ref_key) in zip(axes, panels, strict=True):
+        pts = [(r["step"], r[key]) for r in val if key in r]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), "o-", label="generated")
+        for name, style in (("real", "g--"), ("baseline_front_copy", "r:")):
+            v = ref.get(f"{name}_{ref_key}")
+            if v is not None and np.isfinite(v):
+                ax.axhline(v, color=style[0], ls=style[1:], label=name.replace("_", " "))
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_png)
+    plt.close(fig)
+    return out_png
