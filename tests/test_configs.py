@@ -80,3 +80,13 @@ def test_one_gpu_full_fine_tune_config():
     c.model.scan_blocks = False
     with pytest.raises(config_check.ConfigError, match="config.offload needs model.scan_blocks=True"):
         config_check.check(c, 1)
+
+
+def test_rig_learning_config():
+    from configs import rig_learning
+    from cosmos_jax import config_check
+
+    c = rig_learning.get_config()
+    config_check.check(c, 1)
+    assert c.latent_shape == (16, 3, 24, 40) and c.data.sample_n_views == 3 and c.model.num_blocks == 12
+    assert c.model.adaln_lora_dim == base.model_7b().adaln_lora_dim and c.model.n_views_emb == 7  # 7B features on
