@@ -65,8 +65,7 @@ def assert_same_state(a, b, rtol):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=1e-12)
 
 
-@pytest.mark.parametrize("mesh_spec,lora", [((("data", 1), ("fsdp", 1), ("context", 1)), False),
-                                            ((("data", 1), ("fsdp", 2), ("context", 1)), False),
+@pytest.mark.parametrize("mesh_spec,lora", [((("data", 1), ("fsdp", 2), ("context", 1)), False),  # one device: below
                                             ((("data", 1), ("fsdp", 1), ("context", 1)), True)])
 def test_offloaded_steps_match_the_plain_step(mesh_spec, lora):
     n = dict(mesh_spec)["fsdp"]
@@ -160,5 +159,6 @@ def test_train_with_offload(tmp_path, monkeypatch):
         "iter_000000002_ema_model.pt", "iter_000000002_reg_model.pt"]
     c.max_iter = 3
     c.offload = ()  # placement is not structure: the rerun resumes on the device
+    c.data.val_dataset_dir = str(tmp_path / "none")  # validation of the rerun off: one compile fewer
     second = train.train(c, progress=False, devices=jax.devices()[:1])
     assert second["final"]["step"] == 3 and np.isfinite(second["final"]["loss"])
