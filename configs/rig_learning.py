@@ -1,10 +1,10 @@
 """Does post-training learn the other cameras? A mid-size network with every 7B feature on, trained on the
 synthetic rig at reduced size, scored at every save (cross-view consistency and fidelity, cosmos_jax/quality.py).
 
-    python -m cosmos_jax.data.synthetic --out datasets/rig_learning --clips 16 --frames 20 --scale 2.2222222
+    python -m cosmos_jax.data.synthetic --out datasets/rig_learning --clips 16 --heldout 4 --frames 20 --scale 2.2222222
     python -m cosmos_jax.train --config=configs/rig_learning.py
     python -m cosmos_jax.evaluate --checkpoint checkpoints/posttraining/quality/rig_learning --dataset \
-        datasets/rig_learning
+        datasets/rig_learning --clips 4
 
 The seed's recipe (EDM, first_cam view extension, AdaLN-LoRA, RoPE, 3 sampled views, text dropout, condition
 augmentation, power EMA) with a learning rate and warm-up suited to a from-scratch run of ~1,500 steps.

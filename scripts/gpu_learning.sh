@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The learning run of configs/rig_learning.py on a lent GPU, in one call:
 #   bash scripts/gpu_learning.sh OUTDIR [extra train flags, e.g. --config.max_iter=900]
-# synthetic rig data (16 clips + held-out, 20 frames, rendered at 320 px) -> python -m cosmos_jax.train (scored at
+# synthetic rig data (16 clips + 4 held-out, 20 frames, rendered at 320 px) -> python -m cosmos_jax.train (scored at
 # every save) -> python -m cosmos_jax.evaluate on the held-out clip; metrics, plots and sheets copied to OUTDIR.
 set -u
 OUT=${1:-bench/results/rig_learning}; shift || true
@@ -13,13 +13,13 @@ fi
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 OUTPUT_ROOT=$WORK/jobs
 t0=$(date +%s)
 [ -d "$WORK/data/videos" ] || python3 -m cosmos_jax.data.synthetic --out "$WORK/data" --clips 16 --frames 20 \
-  --scale 2.2222222 2>&1 | tail -2 | tee "$OUT/data.log"
+  --heldout 4 --scale 2.2222222 2>&1 | tail -2 | tee "$OUT/data.log"
 echo "data $(( $(date +%s) - t0 )) s" | tee -a "$OUT/times.txt"
 python3 -m cosmos_jax.train --config=configs/rig_learning.py --config.data.dataset_dir="$WORK/data" --noprogress \
   "$@" > "$OUT/train.log" 2>&1
 echo "train rc=$? $(( $(date +%s) - t0 )) s" | tee -a "$OUT/times.txt"
 JOB=$WORK/jobs/posttraining/quality/rig_learning
-python3 -m cosmos_jax.evaluate --checkpoint "$JOB" --dataset "$WORK/data" --clips 1 --num_steps 35 --guidance 3 \
+python3 -m cosmos_jax.evaluate --checkpoint "$JOB" --dataset "$WORK/data" --clips 4 --num_steps 35 --guidance 3 \
   --out "$WORK/evaluate" > "$OUT/evaluate.log" 2>&1
 echo "evaluate rc=$? $(( $(date +%s) - t0 )) s" | tee -a "$OUT/times.txt"
 cp "$JOB/metrics.jsonl" "$JOB/summary.json" "$JOB/quality.png" "$JOB/loss.png" "$OUT/" 2>/dev/null

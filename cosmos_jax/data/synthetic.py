@@ -140,12 +140,12 @@ def _write_text(root: str, scenes: list[Scene], caps: dict[str, dict[str, str]],
 
 
 def generate(out_dir: str, clips: int = 4, seed: int = 0, embed_dim: int = 1024, frames: int = 24,
-             scale: float = 1.0, *, render_videos: bool = True) -> dict:
+             scale: float = 1.0, *, render_videos: bool = True, heldout: int = 1) -> dict:
     """Write the synthetic dataset (see the module docstring); returns {"clips", "heldout", "seconds"}."""
     t0 = time.time()
     cams = make_rig(scale)
     train = [make_scene(seed, k, frames) for k in range(clips)]
-    held = [make_scene(seed, 1_000_000, frames, clip_id=f"synth_s{seed}_heldout_0000")]
+    held = [make_scene(seed, 1_000_000 + k, frames, clip_id=f"synth_s{seed}_heldout_{k:04d}") for k in range(heldout)]
     if render_videos:
         # Videos first: x264's output depends on the process's floating-point state, which JAX's runtime
         # changes once it starts; encoding before the text encoder runs keeps the mp4 bytes reproducible.
@@ -170,8 +170,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--embed_dim", type=int, default=1024, help="T5 embedding width (upstream: 1024)")
     ap.add_argument("--frames", type=int, default=24, help="frames per clip at 10 fps")
     ap.add_argument("--scale", type=float, default=1.0, help="multiplies the stored video sizes (144 px wide at 1)")
+    ap.add_argument("--heldout", type=int, default=1, help="held-out clips (validation, evaluate)")
     a = ap.parse_args(argv)
-    info = generate(a.out, clips=a.clips, seed=a.seed, embed_dim=a.embed_dim, frames=a.frames, scale=a.scale)
+    info = generate(a.out, clips=a.clips, seed=a.seed, embed_dim=a.embed_dim, frames=a.frames, scale=a.scale,
+                    heldout=a.heldout)
     print(f"wrote {len(info['clips'])} training clip(s) + {len(info['heldout'])} held-out to {a.out} "
           f"in {info['seconds']:.1f} s")
 
