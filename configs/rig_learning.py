@@ -37,4 +37,5 @@ def get_config(arg: str | None = None):
     c.log_every = 50
     c.samples.num_steps = 20
     c.samples.guidance = 3.0
+    c.samples.samples_at_start = True  # the scores of the untrained network: what training must improve on
     return base.derive(c)

@@ -186,7 +186,8 @@ def _train(config, mesh, progress: bool) -> dict:
                  *(ref["baseline_front_copy"].get(k, float("nan"))
                    for k in ("sampson_median_px", "inlier_fraction", "psnr_db", "ssim")))
     if start == 0 and validator and config.samples.get("val_at_start", True):
-        writer.write(0, phases.validate(state, 0, with_samples=False), prefix="val")
+        at_start = phases.validate(state, 0, with_samples=config.samples.get("samples_at_start", False))
+        writer.write(0, at_start, prefix="val")
     it = start
     try:
         for it in range(start, config.max_iter):
