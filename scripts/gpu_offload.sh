@@ -6,6 +6,9 @@
 #   slice  the 6-block slice with and without offload (the cost of streaming the update)
 #   full   the 28-block 7B, offload, remat full: step time, MFU, device and host peaks
 #   lora   LoRA r16 of the 7B with remat attention_outside (no offload)
+#   train  python -m cosmos_jax.train --config=configs/waymo_1gpu.py (the user's command) on synthetic clips at the
+#          seed shape, stopped with Ctrl-C (SIGINT) once step 2 is logged: a 7B full checkpoint (~108 GB) does not
+#          fit the lent machine's 64 GB disk
 set -u
 OUT=${1:-bench/results}
 STAGES=${2:-"fit slice full lora"}
@@ -36,6 +39,20 @@ for s in $STAGES; do
       bench full_offload 330 --steps 3 --config.remat=full "$OFF" ;;
     lora)
       bench lora_attn 240 --steps 3 --config.remat=attention_outside "${LORA[@]}" ;;
+    train)
+      W=${WORK:-/root/offload}; mkdir -p "$W"
+      [ -d "$W/data/videos" ] || python3 -m cosmos_jax.data.synthetic --out "$W/data" --clips 2 --frames 60 \
+        > "$OUT/train_data.log" 2>&1
+      OUTPUT_ROOT=$W/jobs python3 -m cosmos_jax.train --config=configs/waymo_1gpu.py --config.tokenizer.name=haar \
+        --config.data.dataset_dir="$W/data" --config.data.val_dataset_dir="$W/none" --config.samples.enabled=False \
+        --config.checkpoint.load_path= --config.max_iter=3 --config.log_every=1 --noprogress ${TRAIN_EXTRA:-} > "$OUT/train.txt" 2>&1 &
+      pid=$!
+      for _ in $(seq 1 540); do
+        grep -q "step 2/3" "$OUT/train.txt" && break; kill -0 $pid 2>/dev/null || break; sleep 1
+      done
+      kill -INT $pid 2>/dev/null; wait $pid; echo "train rc=$?" | tee -a "$OUT/offload.log"
+      grep -E "job |state built|compiled|first step|step [0-9]/|interrupted|error" "$OUT/train.txt" | cut -c1-400 \
+        | tee -a "$OUT/offload.log" ;;
     *) echo "unknown stage $s"; exit 2 ;;
   esac
 done
