@@ -1,4 +1,4 @@
-"""Defaults shared by every experiment: the upstream Single2MultiView 7B recipe (spec/cosmos-compat.md §1.3).
+"""Defaults shared by every experiment: the upstream Single2MultiView 7B recipe (docs/upstream.md §1.3).
 
 Experiments (`configs/waymo.py`, `configs/demo.py`) start from `get_config()` and change what differs. Derived
 values (latent shape, token count) are computed once here by `derive()`, never typed twice.

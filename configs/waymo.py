@@ -3,7 +3,7 @@
   --config=configs/waymo.py        text2world_singletomultiview_7b_example_waymo (default, `t2w`)
   --config=configs/waymo.py:v2w    video2world_singletomultiview_7b_example_waymo
 
-Every value follows spec/cosmos-compat.md §1.3-1.4; the two variants differ only in the job group and name, the base
+Every value follows docs/upstream.md §1.3-1.4; the two variants differ only in the job group and name, the base
 checkpoint and the condition location.
 """
 

@@ -1,6 +1,6 @@
 """The one table between upstream state-dict keys and our parameter tree; every converter reads it.
 
-Upstream keys are those of `ModuleDict{net: MultiviewExtensionGeneralDIT, logvar: ...}` (spec/cosmos-compat.md §4.6):
+Upstream keys are those of `ModuleDict{net: MultiviewExtensionGeneralDIT, logvar: ...}` (docs/upstream.md §4.6):
 574 tensors for the 7B (571 trainable + 3 buffers). Our tree stacks the 28 blocks along a leading "layers" axis;
 `Linear.weight` [out, in] is our `kernel` [in, out] (transpose). Nothing here imports torch: arrays are numpy.
 """

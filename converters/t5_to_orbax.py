@@ -1,7 +1,7 @@
 """`python -m converters.t5_to_orbax --src DIR --dst DIR [--dtype keep|float32|bfloat16] [--overwrite]`
 
 A Hugging Face `google-t5/t5-11b` folder -> the converted T5 encoder folder that `embed_captions --t5` and
-`generate --t5` read (layout: cosmos_jax/models/t5_weights.py; spec/tokenizer-t5.md §5).
+`generate --t5` read (layout: cosmos_jax/models/t5_weights.py; docs/tokenizer-t5.md §5).
 
 SRC must hold `config.json` (model_type "t5"), `spiece.model` and the weights, one of (first found wins):
     model.safetensors.index.json + shards, model.safetensors     read with the `safetensors` package, if installed

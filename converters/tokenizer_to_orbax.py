@@ -1,7 +1,7 @@
 """`python -m converters.tokenizer_to_orbax --src DIR --dst DIR [--arch='{"channels": 128}'] [--overwrite]`
 
 Cosmos-Tokenize1-CV8x8x8-720p release files -> the folder `tokenizer.checkpoint_dir` points at
-(spec/tokenizer-t5.md §2-§3):
+(docs/tokenizer-t5.md §2-§3):
     --src/encoder.jit, --src/decoder.jit   read as `torch.jit.load(f).state_dict()`
     --src/mean_std.pt                      `torch.load(weights_only=True)`: a pair (mean, std), `view(C, -1)` each
 written as

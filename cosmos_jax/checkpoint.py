@@ -1,6 +1,6 @@
 """Orbax checkpoints of the train state and data iterator, upstream-layout `.pt` exports, and base weights.
 
-Job directory (contracts.md): `orbax/<step>/` (CheckpointManager: state = step, params, buffers, optimizer, EMA;
+Job directory (docs/formats.md): `orbax/<step>/` (CheckpointManager: state = step, params, buffers, optimizer, EMA;
 data = the grain iterator state; meta = seed and step), `checkpoints/iter_{N:09d}_{reg,ema}_model.pt`. Orbax
 writes each step to a temporary folder and renames it when complete, so a run killed at any moment (during a save
 included) resumes from the last complete step. `.pt` files are written to a temporary name, then renamed.

@@ -1,4 +1,4 @@
-"""EDM2's power-function EMA as upstream applies it (spec/cosmos-compat.md §6.4; Karras et al. 2024, Eq. 3 and
+"""EDM2's power-function EMA as upstream applies it (docs/upstream.md §6.4; Karras et al. 2024, Eq. 3 and
 Algorithm 2).
 
 beta(it) = 0 at iteration 0, else (1 - 1/(it + 1))^(gamma + 1), with gamma the largest real root of

@@ -1,7 +1,7 @@
 """View extension with a trained network: load weights from any of our checkpoint forms, build upstream's inference
 condition, sample, decode. Used by `python -m cosmos_jax.generate`.
 
-Upstream (spec/cosmos-compat.md §8): the front view is the clean condition (`first_cam`); Video2World also pins the
+Upstream (docs/upstream.md §8): the front view is the clean condition (`first_cam`); Video2World also pins the
 first latent frames of every view (`first_cam_and_first_n`, from the last 1 or 9 frames of an initial video);
 views 0..5 use embedding rows 0..5 (front, front-left, front-right, back, back-left, back-right) and frame repeat
 [0, 0, 0, 0, 10, 10] / 10; guidance F = F_c + g (F_c - F_u) on the raw output, F_u with the text zeroed.

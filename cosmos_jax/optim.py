@@ -1,5 +1,5 @@
 """Upstream's optimizer: fused AdamW (lr 2^-14.3, wd 0.1 on every trainable tensor, betas 0.9/0.99, eps 1e-10),
-the LambdaLinear warm-up schedule, global-norm clipping at 1.0 and force_finite (spec/cosmos-compat.md §1.3)."""
+the LambdaLinear warm-up schedule, global-norm clipping at 1.0 and force_finite (docs/upstream.md §1.3)."""
 
 from __future__ import annotations
 

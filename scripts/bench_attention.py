@@ -115,7 +115,7 @@ def main(argv):
 
         model_k = kernel_times(one_step, fl.reps)
     model_s = attention_time(model_k) / cfg.num_blocks
-    self_flops = 3.5 * 4 * length * length * cfg.model_channels  # budget.md §3.1 convention: fwd+bwd = 3.5 x fwd
+    self_flops = 3.5 * 4 * length * length * cfg.model_channels  # docs/performance.md §3.1: fwd+bwd = 3.5 x fwd
     result = {
         "name": f"attention_in_model_{cfg.num_blocks}blocks_remat-{config.remat}",
         "card": jax.devices()[0].device_kind, "date": datetime.date.today().isoformat(),

@@ -16,7 +16,7 @@ def peak_memory_gb(devices=None) -> float | None:
 
 
 def write_result(result: dict, out_dir: str, filename: str) -> str:
-    """Write one run's JSON (contracts.md) as out_dir/filename; returns the path."""
+    """Write one run's JSON (docs/formats.md) as out_dir/filename; returns the path."""
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, filename)
     with open(path, "w") as fh:

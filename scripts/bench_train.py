@@ -1,11 +1,11 @@
-"""Training benchmark: real train steps on latents of the seed's shape, JSON to bench/results/ (contracts.md).
+"""Training benchmark: real train steps on latents of the seed's shape, JSON to bench/results/ (docs/formats.md).
 
     python scripts/bench_train.py --config=configs/waymo.py [--blocks K] [--config.remat=full] [--steps 6]
         [--config.offload='("opt_state","ema")'] [--compile_only]
 
 Inputs are latents (the tokenizer is not in the timed step): 3 views x 8 x 72 x 128 x 16 and 3 x 512 text tokens
 per sample, one sample per data-parallel device unless --config.batch_size says otherwise. `--blocks K` runs a
-K-block slice of the network (sweeps fit a call). Model FLOPs follow perf/budget.md §1: forward = token-side
+K-block slice of the network (sweeps fit a call). Model FLOPs follow docs/performance.md §1: forward = token-side
 linears + text K/V + joint self-attention + per-view cross-attention + patch/final; full fine-tune = 3 x forward.
 MFU = model FLOPs / step time / (790e12 x devices).
 """

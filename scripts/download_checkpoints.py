@@ -5,7 +5,7 @@
 
   t2w, v2w   nvidia/Cosmos-Predict1-7B-Video2World-Sample-AV-Single2MultiView: t2w_model.pt / v2w_model.pt
              (falls back to the pre-rename id nvidia/Cosmos-Predict1-7B-SingleToMultiView-Sample-AV, but always
-             writes into the folder the configs load from: spec/cosmos-compat.md §9)
+             writes into the folder the configs load from: docs/upstream.md §9)
              -> CHECKPOINT_DIR/Cosmos-Predict1-7B-Video2World-Sample-AV-Single2MultiView/
   tokenizer  nvidia/Cosmos-Tokenize1-CV8x8x8-720p: encoder.jit, decoder.jit, mean_std.pt (+ config.json)
              -> CHECKPOINT_DIR/Cosmos-Tokenize1-CV8x8x8-720p/

@@ -1,4 +1,4 @@
-"""The experiment configs reproduce upstream's values (spec/cosmos-compat.md §1.3-1.4)."""
+"""The experiment configs reproduce upstream's values (docs/upstream.md §1.3-1.4)."""
 
 import math
 

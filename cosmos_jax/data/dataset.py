@@ -1,6 +1,6 @@
 """Multiview clips in the Cosmos layout as a random-access source of (clip, start-frame) windows.
 
-Semantics of upstream's `dataset_multiview.Dataset` (spec/cosmos-compat.md §2):
+Semantics of upstream's `dataset_multiview.Dataset` (docs/upstream.md §2):
 - clips are the video files of `videos/<view_keys[0]>/`; every view has a file of the same name;
 - one window per start frame (every `start_frame_interval`), frames start, start + sequence_interval, ...;
   windows sorted by (clip, start);

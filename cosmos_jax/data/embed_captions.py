@@ -1,9 +1,9 @@
 """`python -m cosmos_jax.data.embed_captions --captions FILE --dataset DATA_ROOT/waymo --t5 DIR [--multiview]
 [--batch_size 16]`
 
-Caption text → T5 embedding pickles in the layout upstream's loader reads (spec/data-layout.md §1-§6).
+Caption text → T5 embedding pickles in the layout upstream's loader reads (docs/data-layout.md §1-§6).
 
-Caption files (user-supplied; the NVIDIA toolkit's own files are not redistributable, data-layout.md §6):
+Caption files (user-supplied; the NVIDIA toolkit's own files are not redistributable, docs/data-layout.md §6):
 
 - **CSV, 2 rows × N columns, no header** (the toolkit's `waymo_caption.csv`, read upstream with
   `pd.read_csv(header=None)`): row 0 = clip ids, row 1 = captions. Each caption is the front camera's and already

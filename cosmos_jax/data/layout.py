@@ -1,9 +1,9 @@
-"""Names shared by every writer and reader of the Cosmos Single2MultiView data layout (spec/data-layout.md §1, §4, §8).
+"""Names shared by every writer and reader of the Cosmos Single2MultiView data layout (docs/data-layout.md §1, §4, §8).
 
     <root>/videos/<view>/<clip_id>.mp4         <root>/t5_xxl/<view>/<clip_id>.pkl   ([float32 (L, D)])
     <root>/cache/prefix_<view>.pkl             (float32 (L, D); the name upstream's loader reads)
     <root>/cache/prefix_t5_embeddings_<view>.pkl   (same content; the name upstream's docs give)
-    <root>/rig/<clip_id>.json                  (cosmos_jax's camera calibration, see data-layout.md "Rig calibration")
+    <root>/rig/<clip_id>.json                  (the camera calibration: docs/data-layout.md "Rig calibration")
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""T5-embedding pickles, read safely and in every writer variant (spec/data-layout.md §2).
+"""T5-embedding pickles, read safely and in every writer variant (docs/data-layout.md §2).
 
 A pickle from a downloaded dataset can run code when loaded. `safe_load` admits only numpy arrays, numpy scalars and
 dtypes, lists, tuples, dicts, sets and plain scalars: any other global is refused with an error naming the file,

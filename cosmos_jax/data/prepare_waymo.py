@@ -2,7 +2,7 @@
 [--crf 18] [--deterministic]`
 
 Waymo Open Dataset v1 (Perception) segment files → the Cosmos Single2MultiView layout, without TensorFlow
-(spec/data-layout.md §1, §7, §8 and "Rig calibration file").
+(docs/data-layout.md §1, §7, §8 and "Rig calibration file").
 
 Input: every `*.tfrecord` directly in --input, one per segment (`segment-<id>_with_camera_labels.tfrecord`, possibly
 with the console's `individual_files_training_` / `individual_files_validation_` prefix). For each segment the

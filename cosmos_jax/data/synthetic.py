@@ -8,7 +8,7 @@ numpy through the 5 pinhole cameras of a Waymo-like rig (vehicle frame "x forwar
 +90, -90 degrees; 55 degree horizontal FOV, so neighbouring views overlap by about 10 degrees) while the ego car
 drives forward at 8-12 m/s. Frames are rendered at 10 fps. Everything is a deterministic function of (seed, clip).
 
-Written under DIR (spec/data-layout.md §1-§4 and "Rig calibration file"):
+Written under DIR (docs/data-layout.md §1-§4 and "Rig calibration file"):
 
     videos/<view>/<clip_id>.mp4        H.264 (libx264, yuv420p, 10 fps, GOP 10, crf 20); front trio 3:2 (144x96 at
                                        --scale 1), sides 1920:886 (144x66)

@@ -1,4 +1,4 @@
-"""TFRecord files without TensorFlow: a checked reader and a writer (spec/data-layout.md §8.3).
+"""TFRecord files without TensorFlow: a checked reader and a writer (docs/data-layout.md §8.3).
 
 Each record is framed as
 

@@ -1,5 +1,5 @@
 """A zero-dependency protobuf wire-format decoder (and encoder, for test fixtures) for the few Waymo `Frame` fields
-that camera-only data preparation needs (spec/data-layout.md §8.2).
+that camera-only data preparation needs (docs/data-layout.md §8.2).
 
 Field numbers follow `waymo-research/waymo-open-dataset`, `src/waymo_open_dataset/dataset.proto` (package
 `waymo.open_dataset`, proto2), Copyright The Waymo Open Dataset Authors, licensed under the Apache License 2.0

@@ -1,4 +1,4 @@
-"""Single-to-multiview conditioning as pure functions (spec/cosmos-compat.md §5.3).
+"""Single-to-multiview conditioning as pure functions (docs/upstream.md §5.3).
 
 Upstream: cosmos_predict1/diffusion/training/models/extend_model.py (augment_conditional_latent_frames, denoise),
 view_extend_model_multiview.py (condition locations), conditioner.py (text dropout). The "indicator" marks latent

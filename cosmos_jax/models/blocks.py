@@ -141,7 +141,7 @@ class TransformerBlock(nnx.Module):
         """The same function, rematerialised around the self-attention kernel: everything before it (norm,
         modulation, q/k/v, RoPE) and everything after it (output projection, CA, MLP) is recomputed in the backward
         pass, while the attention call itself stays outside `jax.checkpoint`, so its forward (the flash kernel and
-        its own residuals) is not run twice. Saves ~q, k, v, o per block (perf/budget.md: 463 vs 552 ms/block)."""
+        its own residuals) is not run twice. Saves ~q, k, v, o per block (docs/performance.md: 463 vs 552 ms/block)."""
         fa = self.fa
 
         def pre(x):

@@ -7,7 +7,7 @@ sample (the split is pinned in dit.py; RoPE and the per-block sin/cos embedding 
 Self-attention (DeepSpeed-Ulysses): inside `shard_map`, an all-to-all trades the sequence split for a head split
 ([b, L/cp, N, K] -> [b, L, N/cp, K]), the local cuDNN kernel runs on full-length sequences of N/cp heads, and a second
 all-to-all trades back. The cuDNN op refuses a sequence-sharded input, so this is also what makes it run at all.
-perf/budget.md measured 561-567 TFLOP/s per GPU at cp = 2, 4 (589 on one GPU).
+docs/performance.md measured 561-567 TFLOP/s per GPU at cp = 2, 4 (589 on one GPU).
 
 Cross-attention: token i of view v attends to view v's S text tokens. Without a split this is a reshape of the views
 into the batch (upstream). Under the split a device holds a contiguous range of tokens that may straddle a view

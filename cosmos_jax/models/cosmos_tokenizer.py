@@ -1,6 +1,6 @@
 """Cosmos-Tokenize1-CV8x8x8-720p (upstream `CausalContinuousVideoTokenizer`, FACTORIZED, "AE"), Flax NNX.
 
-Spec: spec/tokenizer-t5.md §1-§3. Channels-last throughout.
+Spec: docs/tokenizer-t5.md §1-§3. Channels-last throughout.
   encoder  [N, 1+8k, H, W, 3] in [-1, 1] -> Haar patch (x4: 192 ch, 2k+1 frames) -> conv_in pair -> levels (res
            blocks; `down[0]` halves T, H, W) -> mid (block_1, spatial attn, causal temporal attn, block_2) ->
            norm_out, swish, conv_out pair -> quant_conv -> latent [N, 1+k, H/8, W/8, 16]. The identity

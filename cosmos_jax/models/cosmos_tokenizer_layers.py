@@ -1,4 +1,4 @@
-"""Building blocks of the Cosmos-Tokenize1 causal video tokenizer (spec/tokenizer-t5.md §1.2, §1.6), Flax NNX.
+"""Building blocks of the Cosmos-Tokenize1 causal video tokenizer (docs/tokenizer-t5.md §1.2, §1.6), Flax NNX.
 
 Every tensor is channels-last [N, T, H, W, C]. Parameter names follow the upstream modules so that the key table in
 `cosmos_tokenizer.py` is a fixed rename: a `CausalConv3d` holds `kernel` (kT, kH, kW, in, out) = torch `conv3d.weight`

@@ -1,6 +1,6 @@
 """T5 text encoder (the encoder stack of HF `T5EncoderModel`) in Flax NNX, and upstream's embedding procedure.
 
-Cosmos embeds captions with the encoder of google-t5/t5-11b in fp32 (spec/tokenizer-t5.md §5, data-layout.md §3):
+Cosmos embeds captions with the encoder of google-t5/t5-11b in fp32 (docs/tokenizer-t5.md §5, docs/data-layout.md §3):
 tokenize with truncation to 512 tokens, `</s>` (id 1) appended, no BOS; run the encoder; zero the outputs past the
 real length; store each sequence trimmed to its real length (which counts `</s>`).
 
@@ -51,7 +51,7 @@ class T5Config:
 
     @classmethod
     def t5_11b(cls, **overrides) -> T5Config:
-        """google-t5/t5-11b's encoder (spec/tokenizer-t5.md §5.1)."""
+        """google-t5/t5-11b's encoder (docs/tokenizer-t5.md §5.1)."""
         return cls(**{**dict(vocab_size=32128, d_model=1024, d_kv=128, d_ff=65536, num_layers=24, num_heads=128),
                       **overrides})
 

@@ -155,7 +155,7 @@ def load_model(path: str, param_dtype=None, device=None) -> t5.T5Encoder:
 
 
 class T5TextEncoder:
-    """Upstream's caption embedding (spec/tokenizer-t5.md §5.4): `.embed(texts)` -> a float32 [L_i, D] per text.
+    """Upstream's caption embedding (docs/tokenizer-t5.md §5.4): `.embed(texts)` -> a float32 [L_i, D] per text.
 
     SentencePiece ids + `</s>` (id 1), no BOS, truncated to 512 tokens; every text padded to 512 (as upstream's
     `padding="max_length"`), run `batch_size` at a time; outputs past the real length zeroed, then trimmed to it.

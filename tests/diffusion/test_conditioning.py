@@ -1,4 +1,4 @@
-"""Conditioning masks, augmentation and text dropout (spec/cosmos-compat.md §5.3)."""
+"""Conditioning masks, augmentation and text dropout (docs/upstream.md §5.3)."""
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""A PyTorch implementation of Cosmos-Tokenize1-CV8x8x8 (spec/tokenizer-t5.md §1), written for the tests under the
+"""A PyTorch implementation of Cosmos-Tokenize1-CV8x8x8 (docs/tokenizer-t5.md §1), written for the tests under the
 release's module names, so that its state dicts carry the release's keys (Appendix A); `write_release` traces it
 into encoder.jit / decoder.jit the way the release was made (§3.1) and writes a mean_std.pt (§3.4)."""
 

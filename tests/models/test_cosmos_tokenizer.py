@@ -1,5 +1,5 @@
 """Flax Cosmos-Tokenize1-CV8x8x8 against the PyTorch reference of cosmos_tokenizer_torch.py at a tiny width, through
-JIT files traced and converted as the release is made (spec/tokenizer-t5.md §1-§3): fp32 parity, chunking, causality,
+JIT files traced and converted as the release is made (docs/tokenizer-t5.md §1-§3): fp32 parity, chunking, causality,
 bf16 files, converter strictness, and one train step on the converted weights."""
 
 import functools

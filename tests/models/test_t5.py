@@ -65,7 +65,7 @@ def test_hf_key_table_and_11b_config():
     assert (cfg.d_model, cfg.d_kv, cfg.d_ff, cfg.num_layers, cfg.num_heads, cfg.vocab_size) == \
         (1024, 128, 65536, 24, 128, 32128)
     table = t5.hf_key_map(cfg)
-    assert len(table) == 195  # spec/tokenizer-t5.md §5.3: 195 unique encoder tensors
+    assert len(table) == 195  # docs/tokenizer-t5.md §5.3: 195 unique encoder tensors
     shapes = {k: tuple(v.get_value().shape) for k, v in variables.flat_vars(t5.abstract(cfg), dotted=True).items()}
     assert sorted(p for p, _ in table.values()) == sorted(shapes)  # one HF tensor per parameter, both ways
     assert shapes["blocks.3.attn.q.kernel"] == (1024, 16384) and table[
