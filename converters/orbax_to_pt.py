@@ -38,7 +38,7 @@ def _lora_scale(src: str, state) -> float:
     cfg = build.dit_config(checkpoint.job_config(os.path.dirname(os.path.abspath(orbax))))
     if not cfg.lora_rank:
         raise ValueError(f"{src}: the checkpoint holds LoRA adapters but its config.json has no lora.rank")
-    return cfg.lora_alpha / cfg.lora_rank
+    return lora.scale(cfg.lora_rank, cfg.lora_alpha)
 
 
 def export_job(src: str, dst: str, step: int | None = None) -> list[str]:

@@ -18,6 +18,11 @@ import numpy as np
 LORA_LEAVES = ("lora_a", "lora_b")
 
 
+def scale(rank: int, alpha: float) -> float:
+    """The adapters' scale alpha / rank (the forward's, the merge's and the exports'); 0 without LoRA."""
+    return float(alpha) / rank if rank else 0.0
+
+
 def has_lora(flat_tree: dict) -> bool:
     return any(p[-1] in LORA_LEAVES for p in flat_tree)
 
@@ -55,6 +60,6 @@ def export_adapters(flat_tree: dict, num_blocks: int, path_stem: str, rank: int,
     save_file(tensors, tmp)
     os.replace(tmp, f"{path_stem}.safetensors")
     with open(f"{path_stem}.json", "w") as f:
-        json.dump({"r": rank, "lora_alpha": alpha, "target_modules": list(targets),
-                   "scale": alpha / rank, "format": "W' = W + lora_alpha / r * B @ A (torch layout)"}, f, indent=2)
+        json.dump({"r": rank, "lora_alpha": alpha, "target_modules": list(targets), "scale": scale(rank, alpha),
+                   "format": "W' = W + lora_alpha / r * B @ A (torch layout)"}, f, indent=2)
     return f"{path_stem}.safetensors"

@@ -112,7 +112,7 @@ class Phases:
         t, rss0 = time.time(), memory.rss_gb()
         reset = memory.reset_peak_rss()
         needed = export.pt_export_nbytes(state, self.cfg.num_blocks)
-        scale = self.cfg.lora_alpha / self.cfg.lora_rank if self.cfg.lora_rank else 0.0
+        scale = lora.scale(self.cfg.lora_rank, self.cfg.lora_alpha)
         try:
             if jax.process_index() == 0:
                 os.makedirs(self.out_dir, exist_ok=True)

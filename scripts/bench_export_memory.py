@@ -41,7 +41,7 @@ import json, os, sys, threading, time
 mode, n, work = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 import jax, jax.numpy as jnp, numpy as np
 from configs import waymo
-from cosmos_jax import export, optim, sharding
+from cosmos_jax import export, lora, optim, sharding
 from cosmos_jax import train_state as ts
 from cosmos_jax.models import build
 
@@ -76,7 +76,7 @@ for top in ("params", "buffers", "ema"):
         out[p].block_until_ready()
     state[top] = ts.unflat(out)
 model_bytes = sum(a.nbytes for a in jax.tree.leaves(state))
-scale = cfg.lora_alpha / cfg.lora_rank if cfg.lora_rank else 0.0
+scale = lora.scale(cfg.lora_rank, cfg.lora_alpha)
 out_dir = os.path.join(work, f"{mode}_{n}")
 before = status("VmRSS")
 peak = {"v": before}

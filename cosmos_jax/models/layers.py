@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from cosmos_jax import lora as lora_lib
 from cosmos_jax import sharding
 
 Initializer = Callable[..., jax.Array]
@@ -60,7 +61,7 @@ class Dense(nnx.Module):
         self.lora_scale = 0.0
         if lora and lora[0] > 0:
             rank, alpha = lora
-            self.lora_scale = float(alpha) / rank
+            self.lora_scale = lora_lib.scale(rank, alpha)
             a_init = nnx.with_partitioning(normal(1.0 / rank), (axes[0], None))
             b_init = nnx.with_partitioning(zeros, (None, axes[1]))
             self.lora_a = nnx.LoRAParam(a_init(rngs.params(), (in_features, rank), jnp.float32))
