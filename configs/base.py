@@ -71,9 +71,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.ema = ml_collections.ConfigDict(dict(enabled=True, s=0.1))
     # Validation samples at each save: view extension of a held-out clip from the EMA weights. val_at_start: the
     # validation loss of step 0 too (the curve's baseline; at 7B one more compile and 12 forwards, about a minute);
-    # samples_at_start: samples (and their scores) at step 0 as well.
+    # samples_at_start: samples (and their scores) at step 0 as well; quality_frames: frames of the samples scored
+    # for cross-view consistency (cosmos_jax/quality.py).
     c.samples = ml_collections.ConfigDict(dict(enabled=True, num_steps=35, guidance=7.0, val_at_start=True,
-                                               samples_at_start=False))
+                                               samples_at_start=False, quality_frames=4))
     c.lora = ml_collections.ConfigDict(dict(rank=0, alpha=0.0, targets=()))  # targets: upstream names
     # max_to_keep: Orbax checkpoints kept; export_max_to_keep: `.pt` exports kept (0 = max_to_keep; 7B: 43 GB each).
     # async_save: train on while a checkpoint is written (Orbax first copies the device-resident state to host

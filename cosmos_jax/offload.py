@@ -8,7 +8,7 @@ runs as
      device, AdamW + EMA, and stored back,
   3. the 28 stacked blocks through `lax.scan`: block i's moments and EMA are brought to the device, block i's AdamW
      step and EMA update run, and the new values go back to host memory, so the device holds one block of them at a
-     time (XLA overlaps the copies of block i + 1 with the compute of block i where it can).
+     time (whether XLA overlaps block i + 1's copies with block i's compute is measured on the GPU, not assumed).
 AdamW is optax's own transformation applied to each part (its step count advances once per update), and the EMA is
 `ema.update` on each part: the same fp32 math as the plain step, in another grouping (tests/test_offload.py checks
 the losses and weights against the plain step).

@@ -87,7 +87,8 @@ class Validator:
         rep = quality.report(real, real, self.rig or {"cameras": {}}, int(self.config.samples.get("quality_frames", 4)))
         return {"real": rep["real"]["summary"], "baseline_front_copy": rep["baseline_front_copy"]["summary"]}
 
-    def samples(self, state, step: int) -> tuple[str, str]:
+    def samples(self, state, step: int) -> tuple[str | None, str | None, dict]:
+        """(grid mp4, sheet png, the views' scores) of the EMA weights' view extension of the held-out window."""
         s = self.config.samples
         gt = step_lib.latents_of(self.batch, self.tokenizer)
         b, v, t = gt.shape[:3]
