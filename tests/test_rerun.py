@@ -266,6 +266,11 @@ def test_config_check_values(data):
     bad.mesh = (("data", 1), ("fsdp", 1), ("context", 4))
     with pytest.raises(config_check.ConfigError, match="needs 4 devices, 1 present"):
         config_check.check(bad, 1)
+    bad = c.copy_and_resolve_references()
+    bad.batch_size, bad.mesh = 3, (("data", 1), ("fsdp", 2), ("context", 1))
+    with pytest.raises(config_check.ConfigError, match=r"config.batch_size=3: must be a multiple of the "
+                                                       r"data-parallel size data\*fsdp=2"):
+        config_check.check(bad, 2)
 
 
 @pytest.mark.parametrize("target", ["full", "lora"])
