@@ -202,11 +202,15 @@ def summarise(metrics: dict) -> dict:
     return s
 
 
-def report(generated: dict[str, np.ndarray], real: dict[str, np.ndarray], rig: dict, frames: int = 6) -> dict:
-    """The generated views' metrics beside the real views' (ceiling) and the front-copy baseline's."""
+def references(real: dict[str, np.ndarray], rig: dict, frames: int = 6) -> dict:
+    """The scores of the real views (the ceiling) and of "every view = the front view" (the trivial baseline)."""
     from cosmos_jax.data import video
 
     front = real["pinhole_front"]
     baseline = {name: video.resize(front[: len(v)], v.shape[1:3]) for name, v in real.items()}
-    return {"generated": score(generated, rig, real, frames), "real": score(real, rig, None, frames),
-            "baseline_front_copy": score(baseline, rig, real, frames)}
+    return {"real": score(real, rig, None, frames), "baseline_front_copy": score(baseline, rig, real, frames)}
+
+
+def report(generated: dict[str, np.ndarray], real: dict[str, np.ndarray], rig: dict, frames: int = 6) -> dict:
+    """The generated views' metrics beside the real views' (ceiling) and the front-copy baseline's."""
+    return {"generated": score(generated, rig, real, frames), **references(real, rig, frames)}

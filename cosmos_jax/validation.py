@@ -48,6 +48,7 @@ class Validator:
         sample = self.source.load_window(0, np.arange(spec.num_views))
         self.real_video = sample["video"]  # V F H W 3
         self.rig = self._rig(heldout_dir(config), self.source.windows[0][0])
+        self.quality_frames = int(config.samples.quality_frames)
         self.fps = float(sample["fps"])
         rep = sharding.replicated(mesh)
         keys = ("video", "text", "view_idx", "fps", "frame_repeat")
@@ -63,20 +64,19 @@ class Validator:
                 "val_loss_ema": float(self._loss(ema, state["buffers"], self.batch))}
 
     @staticmethod
-    def _rig(dataset_dir: str, clip: str) -> dict | None:
+    def _rig(dataset_dir: str, clip: str) -> dict:
         try:
             return quality.load_rig(dataset_dir, clip)
         except FileNotFoundError as e:
             log.warning("%s: the samples are scored for fidelity only", e)
-            return None
+            return {"cameras": {}}
 
     def quality(self, gen_VFHW3: np.ndarray) -> dict:
         """Cross-view consistency and fidelity of generated views (cosmos_jax/quality.py), flat for the metric
         writer: xview_* (pairs pooled) and psnr_db / ssim (the generated views against the real held-out ones)."""
-        frames = int(self.config.samples.get("quality_frames", 4))
         gen = dict(zip(self.view_names, gen_VFHW3, strict=True))
         real = dict(zip(self.view_names, self.real_video, strict=True))
-        s = quality.score(gen, self.rig or {"cameras": {}}, real, frames)["summary"]
+        s = quality.score(gen, self.rig, real, self.quality_frames)["summary"]
         out = {f"xview_{k}": v for k, v in s.items() if k in ("sampson_median_px", "inlier_fraction", "matches")}
         out.update({k: s[k] for k in ("psnr_db", "ssim") if k in s})
         return out
@@ -84,8 +84,7 @@ class Validator:
     def reference_quality(self) -> dict:
         """The same numbers for the real held-out views (the ceiling) and for every view = the front view."""
         real = dict(zip(self.view_names, self.real_video, strict=True))
-        rep = quality.report(real, real, self.rig or {"cameras": {}}, int(self.config.samples.get("quality_frames", 4)))
-        return {"real": rep["real"]["summary"], "baseline_front_copy": rep["baseline_front_copy"]["summary"]}
+        return {k: v["summary"] for k, v in quality.references(real, self.rig, self.quality_frames).items()}
 
     def samples(self, state, step: int) -> tuple[str | None, str | None, dict]:
         """(grid mp4, sheet png, the views' scores) of the EMA weights' view extension of the held-out window."""
