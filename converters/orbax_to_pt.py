@@ -92,7 +92,7 @@ def export_base(src: str, dst: str) -> str:
 
     os.makedirs(dst, exist_ok=True)
     out = os.path.join(dst, "model.pt")
-    need_space(dst, sum(int(np.prod(shape)) * np.dtype(dt).itemsize for _, shape, dt in entries), "model.pt")
+    need_space(dst, pt_io.pt_nbytes(entries, len("model.pt")), "model.pt")
     rest, block, block_i = load("rest"), None, None
     with pt_io.PtWriter(out, entries) as w:
         for (key, e, i), (_, _, dtype) in zip(keymap.expand(n), entries, strict=True):
