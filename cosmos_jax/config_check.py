@@ -63,11 +63,10 @@ def check(c, num_devices: int) -> None:
                 "data.num_frames", "model.num_blocks", "model.model_channels", "model.num_heads"):
         _positive_int(c, key)
     _positive_int(c, "checkpoint.export_max_to_keep", minimum=0)
-    if "concurrent_gb" in c.checkpoint:
-        _positive_int(c, "checkpoint.concurrent_gb")
+    _positive_int(c, "checkpoint.concurrent_gb")
     _need(c.remat in remat.POLICIES, f"config.remat={c.remat!r}: expected one of {', '.join(remat.POLICIES)}")
     try:
-        offload.check(c.get("offload", ()), c.model.scan_blocks)
+        offload.check(c.offload, c.model.scan_blocks)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     check_mesh(c.mesh, num_devices)

@@ -57,7 +57,7 @@ class StepConfig:
                    aug_multiplier=cd.augment_sigma_multiplier, text_dropout=cd.text_dropout_rate,
                    force_finite=c.optim.force_finite, ema_enabled=c.ema.enabled,
                    ema_gamma=ema_lib.power_gamma(c.ema.s),
-                   offload=offload.check(c.get("offload", ()), c.model.scan_blocks))
+                   offload=offload.check(c.offload, c.model.scan_blocks))
 
 
 def latents_of(batch, tokenizer):

@@ -130,8 +130,8 @@ def _train(config, mesh, progress: bool) -> dict:
             for p in checkpoint.remove_partial(jdir):
                 log.info("removed the partial checkpoint %s of a killed save", p)
     # ---- state: resume, base weights, or fresh -------------------------------------------------------------
-    ckpt = checkpoint.Manager(jdir, config.checkpoint.max_to_keep, config.checkpoint.get("async_save", True),
-                              config.checkpoint.get("concurrent_gb", 8))
+    ckpt = checkpoint.Manager(jdir, config.checkpoint.max_to_keep, config.checkpoint.async_save,
+                              config.checkpoint.concurrent_gb)
     t0 = time.time()
     if latest is not None:
         base = fresh_state(config, cfg_dit, tx, mesh, abstract, shardings) if lora_job else None
@@ -182,8 +182,8 @@ def _train(config, mesh, progress: bool) -> dict:
                  ref["real"].get("sampson_median_px", float("nan")), ref["real"].get("inlier_fraction", float("nan")),
                  *(ref["baseline_front_copy"].get(k, float("nan"))
                    for k in ("sampson_median_px", "inlier_fraction", "psnr_db", "ssim")))
-    if start == 0 and validator and config.samples.get("val_at_start", True):
-        at_start = phases.validate(state, 0, with_samples=config.samples.get("samples_at_start", False))
+    if start == 0 and validator and config.samples.val_at_start:
+        at_start = phases.validate(state, 0, with_samples=config.samples.samples_at_start)
         writer.write(0, at_start, prefix="val")
     it = start
     try:
