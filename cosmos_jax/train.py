@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import time
 
@@ -41,11 +42,15 @@ USER_ERRORS = (config_check.ConfigError, job.RerunConfigError, checkpoint.Weight
 
 
 def _fault(kind: str, step: int) -> None:
-    """Test hook: COSMOS_JAX_FAULT=kill_after_step:N or kill_during_save:N ends the process abruptly."""
+    """Test hook: COSMOS_JAX_FAULT=kill_after_step:N or kill_during_save:N ends the process abruptly;
+    ctrl_c_after_step:N sends it SIGINT (what Ctrl-C or `timeout -s INT` does)."""
     spec = os.environ.get("COSMOS_JAX_FAULT", "")
     if spec == f"{kind}:{step}":
         sys.stdout.flush()
-        os._exit(137)
+        if kind.startswith("ctrl_c"):
+            os.kill(os.getpid(), signal.SIGINT)
+        else:
+            os._exit(137)
 
 
 def global_batch(config, mesh) -> int:
@@ -209,6 +214,7 @@ def _train(config, mesh, progress: bool) -> dict:
             else:
                 n_since += 1
             _fault("kill_after_step", it + 1)
+            _fault("ctrl_c_after_step", it + 1)
             ckpt.check()  # a failed asynchronous save stops the run here, not at the next save
             done = it + 1
             if done % config.log_every == 0 or done == config.max_iter:
@@ -242,6 +248,8 @@ def _train(config, mesh, progress: bool) -> dict:
         bar.close()
         ckpt.wait()
         resume = ckpt.last_complete()
+        if jax.process_index() == 0:  # the curves of what was trained so far
+            _plots(jdir)
         log.warning("interrupted at step %d; the last complete checkpoint is %s: rerun the same command to resume "
                     "from it", it, f"step {resume}" if resume is not None else "none (it starts again from step 0)")
         raise SystemExit(130) from None
@@ -252,13 +260,17 @@ def _train(config, mesh, progress: bool) -> dict:
                "peak_device_memory_gb": memory.peak_device_gb(list(mesh.local_devices)),
                "peak_host_rss_gb": memory.peak_rss_gb(since_reset=False)}
     if jax.process_index() == 0:
-        summary["loss_plot"] = metrics_lib.plot_losses(os.path.join(jdir, "metrics.jsonl"),
-                                                       os.path.join(jdir, "loss.png"))
-        summary["quality_plot"] = metrics_lib.plot_quality(os.path.join(jdir, "metrics.jsonl"),
-                                                           os.path.join(jdir, "quality.png"))
+        summary["loss_plot"], summary["quality_plot"] = _plots(jdir)
         with open(os.path.join(jdir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2, default=str)
     return summary
+
+
+def _plots(jdir: str) -> tuple[str | None, str | None]:
+    """loss.png and quality.png of the job's metrics.jsonl (paths, None where there is nothing to plot)."""
+    metrics = os.path.join(jdir, "metrics.jsonl")
+    return (metrics_lib.plot_losses(metrics, os.path.join(jdir, "loss.png")),
+            metrics_lib.plot_quality(metrics, os.path.join(jdir, "quality.png")))
 
 
 def main(argv):

@@ -2,7 +2,8 @@
 # The learning run of configs/rig_learning.py on a lent GPU, in one call:
 #   bash scripts/gpu_learning.sh OUTDIR [extra train flags, e.g. --config.max_iter=900]
 # synthetic rig data (16 clips + 4 held-out, 20 frames, rendered at 320 px) -> python -m cosmos_jax.train (scored at
-# every save) -> python -m cosmos_jax.evaluate on the held-out clip; metrics, plots and sheets copied to OUTDIR.
+# every save; stopped with SIGINT after TRAIN_LIMIT s, default 430) -> python -m cosmos_jax.evaluate on the
+# held-out clips; metrics, plots and sheets copied to OUTDIR.
 set -u
 OUT=${1:-bench/results/rig_learning}; shift || true
 WORK=${WORK:-/root/rig_learning}
@@ -15,8 +16,9 @@ t0=$(date +%s)
 [ -d "$WORK/data/videos" ] || python3 -m cosmos_jax.data.synthetic --out "$WORK/data" --clips 16 --frames 20 \
   --heldout 4 --scale 2.2222222 2>&1 | tail -2 | tee "$OUT/data.log"
 echo "data $(( $(date +%s) - t0 )) s" | tee -a "$OUT/times.txt"
-python3 -m cosmos_jax.train --config=configs/rig_learning.py --config.data.dataset_dir="$WORK/data" --noprogress \
-  "$@" > "$OUT/train.log" 2>&1
+# Ctrl-C (SIGINT) after TRAIN_LIMIT seconds: training stops cleanly and evaluate scores the last saved step
+timeout -s INT -k 60 "${TRAIN_LIMIT:-430}" python3 -m cosmos_jax.train --config=configs/rig_learning.py \
+  --config.data.dataset_dir="$WORK/data" --noprogress "$@" > "$OUT/train.log" 2>&1
 echo "train rc=$? $(( $(date +%s) - t0 )) s" | tee -a "$OUT/times.txt"
 JOB=$WORK/jobs/posttraining/quality/rig_learning
 python3 -m cosmos_jax.evaluate --checkpoint "$JOB" --dataset "$WORK/data" --clips 4 --num_steps 35 --guidance 3 \

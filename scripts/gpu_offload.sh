@@ -36,7 +36,7 @@ for s in $STAGES; do
       bench slice_plain 150 --blocks 6 --steps 5 --config.remat=attention_outside
       bench slice_offload 150 --blocks 6 --steps 5 --config.remat=attention_outside "$OFF" ;;
     full)
-      bench full_offload 330 --steps 3 --config.remat=full "$OFF" ;;
+      bench full_offload 290 --steps 3 --config.remat=full "$OFF" ;;
     lora)
       bench lora_attn 240 --steps 3 --config.remat=attention_outside "${LORA[@]}" ;;
     train)

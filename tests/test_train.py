@@ -113,6 +113,17 @@ def test_resume_after_kills_matches_uninterrupted(data, uninterrupted, tmp_path)
     assert [r["step"] for r in rows if r["kind"] == "val"] == [2, 4, 6]  # no step-0 validation, no duplicate
 
 
+def test_ctrl_c_stops_cleanly_with_plots(data, tmp_path):
+    """SIGINT (Ctrl-C, `timeout -s INT`) after step 3: exit 130, the last complete checkpoint named, the curves of
+    what ran plotted; a rerun resumes from that checkpoint."""
+    p = run(data, tmp_path, fault="ctrl_c_after_step:3", expect=130)
+    assert "interrupted at step" in p.stderr and "last complete checkpoint is step 2" in p.stderr, p.stderr[-2000:]
+    job = os.path.join(tmp_path, JOB)
+    assert os.path.isfile(os.path.join(job, "loss.png"))
+    assert not os.path.exists(os.path.join(job, "summary.json"))  # the run did not finish
+    assert checkpoint.complete_steps(job) == [2]
+
+
 @pytest.fixture(scope="module")
 def layout():
     from configs import demo
