@@ -5,7 +5,7 @@
   dots  keep the outputs of matmuls without batch dimensions (projections, MLP); recompute the rest
   attention_outside  structural: recompute everything but the self-attention kernel, which stays outside
         `jax.checkpoint` (naming its output in a policy does not stop cuDNN attention from being recomputed:
-        docs/performance.md); implemented by TransformerBlock.call_attention_outside
+        docs/performance.md); implemented by TransformerBlock(remat_around_attention=True)
 """
 
 from __future__ import annotations

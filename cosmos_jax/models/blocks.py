@@ -90,15 +90,23 @@ def _gated(adaln: AdaLNModulation, x_BLD, emb_BD, adaln_lora_B3D, op):
 
 
 class SelfAttnBlock(nnx.Module):
-    """FA: joint self-attention over the tokens of all views (the only cross-view mixing)."""
+    """FA: joint self-attention over the tokens of all views (the only cross-view mixing). Written as the part
+    before the attention kernel (`pre`) and the part after it (`post`); TransformerBlock calls the kernel between
+    them (and can rematerialise around it)."""
 
     def __init__(self, dim, num_heads, lora_dim, *, rngs, dtype, impl, lora=None):
         self.adaln = AdaLNModulation(dim, lora_dim, 3, rngs=rngs, dtype=dtype, zero_init=True)
         self.attn = Attention(dim, dim, num_heads, rngs=rngs, dtype=dtype, impl=impl, lora=lora,
                               key="blocks.0.block.attn")
 
-    def __call__(self, x_BLD, emb_BD, adaln_lora_B3D, rope):
-        return _gated(self.adaln, x_BLD, emb_BD, adaln_lora_B3D, lambda h: self.attn(h, rope=rope))
+    def pre(self, x_BLD, emb_BD, adaln_lora_B3D, rope):
+        """(q, k, v, gate) of the gated sub-block x + gate * attn(LayerNorm(x) * (1 + scale) + shift)."""
+        shift_BD, scale_BD, gate_BD = jnp.split(self.adaln(emb_BD) + adaln_lora_B3D, 3, axis=-1)
+        q_BLNK, k_BLNK, v_BLNK = self.attn.qkv(modulate(layer_norm(x_BLD), shift_BD, scale_BD), rope=rope)
+        return q_BLNK, k_BLNK, v_BLNK, gate_BD
+
+    def post(self, x_BLD, o_BLNK, gate_BD):
+        return x_BLD + gate_BD[:, None, :].astype(x_BLD.dtype) * self.attn.out(o_BLNK).astype(x_BLD.dtype)
 
 
 class CrossAttnBlock(nnx.Module):
@@ -130,35 +138,30 @@ class TransformerBlock(nnx.Module):
         self.ca = CrossAttnBlock(dim, context_dim, num_heads, lora_dim, rngs=rngs, dtype=dtype, impl=impl, lora=lora)
         self.mlp = MLPBlock(dim, int(dim * mlp_ratio), lora_dim, rngs=rngs, dtype=dtype, lora=lora)
 
-    def __call__(self, x_BLD, emb_BD, adaln_lora_B3D, extra_pos_1LD, rope, text_BVSE):
-        if extra_pos_1LD is not None:
-            x_BLD = x_BLD + extra_pos_1LD.astype(x_BLD.dtype)
-        x_BLD = self.fa(x_BLD, emb_BD, adaln_lora_B3D, rope)
-        x_BLD = self.ca(x_BLD, emb_BD, adaln_lora_B3D, text_BVSE)
-        return self.mlp(x_BLD, emb_BD, adaln_lora_B3D)
+    def __call__(self, x_BLD, emb_BD, adaln_lora_B3D, extra_pos_1LD, rope, text_BVSE,
+                 remat_around_attention: bool = False):
+        """`remat_around_attention` (remat policy `attention_outside`): the same function, rematerialised around the
+        self-attention kernel: everything before it (norm, modulation, q/k/v, RoPE) and everything after it (output
+        projection, CA, MLP) is recomputed in the backward pass, while the attention call itself stays outside
+        `jax.checkpoint`, so its forward (the flash kernel and its own residuals) is not run twice. Saves ~q, k, v,
+        o per block (docs/performance.md: 463 vs 552 ms/block)."""
 
-    def call_attention_outside(self, x_BLD, emb_BD, adaln_lora_B3D, extra_pos_1LD, rope, text_BVSE):
-        """The same function, rematerialised around the self-attention kernel: everything before it (norm,
-        modulation, q/k/v, RoPE) and everything after it (output projection, CA, MLP) is recomputed in the backward
-        pass, while the attention call itself stays outside `jax.checkpoint`, so its forward (the flash kernel and
-        its own residuals) is not run twice. Saves ~q, k, v, o per block (docs/performance.md: 463 vs 552 ms/block)."""
-        fa = self.fa
-
-        def pre(x):
+        def before_attention(x):
             if extra_pos_1LD is not None:
                 x = x + extra_pos_1LD.astype(x.dtype)
-            shift_BD, scale_BD, gate_BD = jnp.split(fa.adaln(emb_BD) + adaln_lora_B3D, 3, axis=-1)
-            q, k, v = fa.attn.qkv(modulate(layer_norm(x), shift_BD, scale_BD), rope=rope)
-            return x, q, k, v, gate_BD
+            return (x, *self.fa.pre(x, emb_BD, adaln_lora_B3D, rope))
 
-        def post(x, o_BLNK, gate_BD):
-            x = x + gate_BD[:, None, :].astype(x.dtype) * fa.attn.out(o_BLNK).astype(x.dtype)
+        def after_attention(x, o_BLNK, gate_BD):
+            x = self.fa.post(x, o_BLNK, gate_BD)
             x = self.ca(x, emb_BD, adaln_lora_B3D, text_BVSE)
             return self.mlp(x, emb_BD, adaln_lora_B3D)
 
-        x_BLD, q, k, v, gate_BD = jax.checkpoint(pre, prevent_cse=False)(x_BLD)
-        o_BLNK = self_attention(q, k, v, fa.attn.impl)
-        return jax.checkpoint(post, prevent_cse=False)(x_BLD, o_BLNK, gate_BD)
+        if remat_around_attention:
+            before_attention = jax.checkpoint(before_attention, prevent_cse=False)
+            after_attention = jax.checkpoint(after_attention, prevent_cse=False)
+        x_BLD, q_BLNK, k_BLNK, v_BLNK, gate_BD = before_attention(x_BLD)
+        o_BLNK = self_attention(q_BLNK, k_BLNK, v_BLNK, self.fa.attn.impl)
+        return after_attention(x_BLD, o_BLNK, gate_BD)
 
 
 class FinalLayer(nnx.Module):

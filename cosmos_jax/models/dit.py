@@ -196,8 +196,9 @@ class DiT(nnx.Module):
 
         def body(x, block_state):
             block = nnx.merge(graphdef, block_state)
-            call = block.call_attention_outside if self.cfg.remat == "attention_outside" else block
-            return _split_tokens(call(x, emb_BD, adaln_lora_B3D, extra_1LD, rope, text_BVSE)), None
+            x = block(x, emb_BD, adaln_lora_B3D, extra_1LD, rope, text_BVSE,
+                      remat_around_attention=self.cfg.remat == "attention_outside")
+            return _split_tokens(x), None
 
         body = remat_block(body, self.cfg.remat)
         if self.cfg.scan_blocks:
