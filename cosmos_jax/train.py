@@ -120,7 +120,7 @@ def _train(config, mesh, progress: bool) -> dict:
     spec = dataset.DataSpec.from_config(config)
     tokenizer = tok.from_config(config)
     if config.data.latent_cache:
-        source = LatentCacheSource(config.data.latent_cache, spec, tokenizer)
+        source = LatentCacheSource(config.data.latent_cache, spec, tokenizer.norm)
     else:
         source = dataset.MultiviewWindows(spec)
     data_iter = pipeline.make_iterator(source, config.seed, batch, *sharding.data_rank(mesh, batch),

@@ -46,17 +46,13 @@ def encode(config, out: str, window_stride: int = 1, dtype: str = "float16", ove
     print(f"[encode_latents] {len(chosen)} windows (stride {window_stride}) of {len(clips)} clips, {len(all_views)} "
           f"views each -> about {est / 2**30:.2f} GiB in {out}", flush=True)
     os.makedirs(out, exist_ok=True)
-    mean = np.asarray(tokenizer.mean_CT, np.float32).T[:, None, None, :]
-    std = np.asarray(tokenizer.std_CT, np.float32).T[:, None, None, :]
-    enc = jax.jit(tokenizer.encode)
+    enc = jax.jit(tokenizer.encode_pixels)  # raw latents: normalised when read (LatentNorm)
     t0 = time.time()
     writer = arm.ArrayRecordWriter(os.path.join(out, LATENTS + ".tmp"), "group_size:1")
     for i, _, _ in tqdm(chosen, disable=not progress, desc="windows"):
         s = source.load_window(i, all_views)
-        final = np.asarray(enc(jnp.asarray(s["video"])[None]))[0]  # [V, T, h, w, C]
-        tc = mean.shape[0]
-        raw = (final.reshape(final.shape[0], -1, tc, *final.shape[2:]) / tokenizer.sigma_data * std + mean)
-        writer.write(pack(latents=raw.reshape(final.shape).astype(dtype), fps=np.float32(s["fps"])))
+        raw_VThwC = np.asarray(enc(jnp.asarray(s["video"])[None]))[0]
+        writer.write(pack(latents=raw_VThwC.astype(dtype), fps=np.float32(s["fps"])))
     writer.close()
     writer = arm.ArrayRecordWriter(os.path.join(out, TEXT + ".tmp"), "group_size:1")
     for clip in clips:

@@ -7,7 +7,7 @@ Layout: CACHE/index.json (format, view keys, clips, windows, shapes, the data se
 CACHE/latents.array_record (one record per window: RAW latents of all views [V, T, h, w, C] + fps),
 CACHE/text.array_record (one record per clip: every view's padded text [V, S, D] as the data settings compose it).
 Records are `np.savez` bytes read with `allow_pickle=False`: nothing in a cache can run code. Raw latents are
-stored (normalisation is applied when read, with the current tokenizer statistics), so a cache survives a change
+stored (normalised when read by `LatentNorm`, with the current tokenizer statistics), so a cache survives a change
 of normalisation (edm2's raw/final split). Windows must be encoded separately: the tokenizer is causal per chunk,
 so a window cannot be cut out of a longer encoding.
 
@@ -25,6 +25,7 @@ import grain
 import numpy as np
 
 from cosmos_jax.data.dataset import DataSpec, choose_views
+from cosmos_jax.models.tokenizer import LatentNorm
 
 FORMAT = "cosmos_jax.latent_cache/1"
 LATENTS, TEXT, INDEX = "latents.array_record", "text.array_record", "index.json"
@@ -54,7 +55,8 @@ def spec_fields(spec: DataSpec) -> dict:
 class LatentCacheSource:
     """Random access over a cache with the video source's `sample(index, rng)` semantics."""
 
-    def __init__(self, path: str, spec: DataSpec, tokenizer):
+    def __init__(self, path: str, spec: DataSpec, norm: LatentNorm):
+        """`norm`: the tokenizer's raw -> final normalisation (`Tokenizer.norm`); no tokenizer network is needed."""
         self.path, self.spec = path, spec
         index_path = os.path.join(path, INDEX)
         if not os.path.isfile(index_path):
@@ -75,10 +77,7 @@ class LatentCacheSource:
         if len(self._latents) != len(self.windows) or len(self._text) != len(self.index["clips"]):
             raise ValueError(f"{path}: record counts ({len(self._latents)} windows, {len(self._text)} clips) do not "
                              f"match {INDEX} ({len(self.windows)}, {len(self.index['clips'])}): incomplete cache?")
-        # final = (raw - mean[c, t]) / std[c, t] * sigma_data, per chunk of latent frames (the tokenizer's)
-        self.mean_TC = np.asarray(tokenizer.mean_CT, np.float32).T
-        self.std_TC = np.asarray(tokenizer.std_CT, np.float32).T
-        self.sigma_data = float(tokenizer.sigma_data)
+        self.norm = norm
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -86,20 +85,14 @@ class LatentCacheSource:
     def choose_views(self, rng: np.random.Generator) -> np.ndarray:
         return choose_views(self.spec, rng)
 
-    def normalize(self, raw_VThwC: np.ndarray) -> np.ndarray:
-        tc = self.mean_TC.shape[0]
-        v, t = raw_VThwC.shape[:2]
-        x = raw_VThwC.astype(np.float32).reshape(v, t // tc, tc, *raw_VThwC.shape[2:])
-        x = (x - self.mean_TC[:, None, None, :]) / self.std_TC[:, None, None, :] * self.sigma_data
-        return x.reshape(raw_VThwC.shape)
-
     def sample(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         views = self.choose_views(rng)
         clip_i, start = self.windows[index]
         lat = unpack(self._latents[index], os.path.join(self.path, LATENTS))
         txt = unpack(self._text[clip_i], os.path.join(self.path, TEXT))
         return {
-            "latents": self.normalize(lat["latents"][views]), "text": txt["text"][views].astype(np.float32),
+            "latents": self.norm.encode_latents(lat["latents"][views].astype(np.float32)),
+            "text": txt["text"][views].astype(np.float32),
             "text_mask": txt["text_mask"][views].astype(np.float32),
             "view_idx": np.array([self.spec.caption_view_idx_map.get(int(v), int(v)) for v in views], np.int32),
             "view_choice": np.asarray(views, np.int32), "fps": np.float32(lat["fps"]),

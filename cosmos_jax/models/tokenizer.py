@@ -89,8 +89,35 @@ def haar_decode(z_NThwC):
 
 
 @dataclasses.dataclass(frozen=True)
+class LatentNorm:
+    """Raw tokenizer latents <-> the diffusion model's final latents, the one place this is written (edm2's
+    `encode_latents` / `decode_latents`): final = (raw - mean[c, t]) / std[c, t] * sigma_data, where t is the latent
+    frame's index within its chunk. Works on numpy and jax arrays [..., T, h, w, C] (T a multiple of the chunk)."""
+
+    mean_CT: np.ndarray  # [C, T_chunk]
+    std_CT: np.ndarray
+    sigma_data: float
+
+    def _stats(self, shape) -> tuple[np.ndarray, np.ndarray]:
+        """mean and std broadcastable to [..., T, h, w, C]."""
+        t, tc = shape[-4], self.mean_CT.shape[1]
+        if t % tc:
+            raise ValueError(f"{t} latent frames: latents are normalised in whole chunks of {tc}")
+        tile = lambda a_CT: np.tile(np.asarray(a_CT, np.float32).T, (t // tc, 1))[:, None, None, :]  # noqa: E731
+        return tile(self.mean_CT), tile(self.std_CT)
+
+    def encode_latents(self, raw_TLC):
+        mean, std = self._stats(raw_TLC.shape)
+        return (raw_TLC - mean) / std * self.sigma_data
+
+    def decode_latents(self, final_TLC):
+        mean, std = self._stats(final_TLC.shape)
+        return final_TLC / self.sigma_data * std + mean
+
+
+@dataclasses.dataclass(frozen=True)
 class Tokenizer:
-    """Encode/decode with chunking and per-channel-per-latent-frame normalisation (then x sigma_data)."""
+    """Encode/decode with chunking and the per-channel-per-latent-frame normalisation (`norm`)."""
 
     encode_raw: callable  # [N, F, H, W, 3] unit pixels -> [N, T, h, w, C]
     decode_raw: callable
@@ -105,31 +132,39 @@ class Tokenizer:
     def latent_chunk(self) -> int:
         return latent_frames(self.pixel_chunk_duration, self.temporal_compression)
 
+    @property
+    def norm(self) -> LatentNorm:
+        return LatentNorm(self.mean_CT, self.std_CT, self.sigma_data)
+
     def _chunks(self, f: int) -> int:
         if f % self.pixel_chunk_duration:
             raise ValueError(f"{f} frames per view: encoding works in whole chunks of {self.pixel_chunk_duration}")
         return f // self.pixel_chunk_duration
 
-    def encode(self, video_BVFHW3):
-        """uint8 pixels [B, V, F, H, W, 3] -> final latents [B, V, T, h, w, C] (normalised, x sigma_data)."""
+    def encode_pixels(self, video_BVFHW3):
+        """uint8 pixels [B, V, F, H, W, 3] -> raw latents [B, V, T, h, w, C], chunk by chunk."""
         b, v, f, h, w, _ = video_BVFHW3.shape
         k = self._chunks(f)
         x = pixels_to_unit(video_BVFHW3).reshape(b * v * k, self.pixel_chunk_duration, h, w, 3)
         z = self.encode_raw(x)  # (B V K) Tc h w C
-        z = (z - self.mean_CT.T[None, :, None, None, :]) / self.std_CT.T[None, :, None, None, :]
-        z = z * self.sigma_data
         return z.reshape(b, v, k * z.shape[1], *z.shape[2:])
 
-    def decode(self, z_BVThwC):
-        """Final latents -> uint8 pixels [B, V, F, H, W, 3]."""
-        b, v, t, hh, ww, c = z_BVThwC.shape
+    def decode_to_pixels(self, raw_BVThwC):
+        """Raw latents [B, V, T, h, w, C] -> uint8 pixels [B, V, F, H, W, 3], chunk by chunk."""
+        b, v, t, hh, ww, c = raw_BVThwC.shape
         tc = self.latent_chunk
         if t % tc:
             raise ValueError(f"{t} latent frames per view: decoding works in whole chunks of {tc}")
-        z = z_BVThwC.reshape(b * v * (t // tc), tc, hh, ww, c) / self.sigma_data
-        z = z * self.std_CT.T[None, :, None, None, :] + self.mean_CT.T[None, :, None, None, :]
-        x = self.decode_raw(z)
+        x = self.decode_raw(raw_BVThwC.reshape(b * v * (t // tc), tc, hh, ww, c))
         return unit_to_pixels(x.reshape(b, v, -1, *x.shape[2:]))
+
+    def encode(self, video_BVFHW3):
+        """uint8 pixels [B, V, F, H, W, 3] -> final latents [B, V, T, h, w, C] (normalised, x sigma_data)."""
+        return self.norm.encode_latents(self.encode_pixels(video_BVFHW3))
+
+    def decode(self, z_BVThwC):
+        """Final latents -> uint8 pixels [B, V, F, H, W, 3]."""
+        return self.decode_to_pixels(self.norm.decode_latents(z_BVThwC))
 
 
 # Per-channel std of raw haar latents, measured on the synthetic rig's videos (DC luma ~10, coarse details ~2,
@@ -165,4 +200,4 @@ def psnr(a_u8, b_u8) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
-__all__ = ["Tokenizer", "from_config", "haar_tokenizer", "psnr", "jax"]
+__all__ = ["LatentNorm", "Tokenizer", "from_config", "haar_tokenizer", "psnr", "jax"]

@@ -31,7 +31,7 @@ def test_cache_latents_equal_the_video_path(cache):
     spec = dataset.DataSpec.from_config(c)
     video_src = dataset.MultiviewWindows(spec)
     t = tok.from_config(c)
-    src = latent_cache.LatentCacheSource(out, spec, t)
+    src = latent_cache.LatentCacheSource(out, spec, t.norm)
     assert len(src) == len(video_src) == summary["windows"] == 4 + 2 and summary["clips"] == 2
     rng_a, rng_b = np.random.default_rng(7), np.random.default_rng(7)
     a, b = src.sample(3, rng_a), video_src.sample(3, rng_b)
@@ -46,7 +46,8 @@ def test_stride_and_pipeline(cache, tmp_path):
     c, root, out, _ = cache
     s = encode_latents.encode(c, str(tmp_path / "c2"), window_stride=2, progress=False)
     assert s["windows"] == 2 + 1  # starts 0, 2 of clip0 (4 windows) and 0 of clip1 (2 windows)
-    src = latent_cache.LatentCacheSource(str(tmp_path / "c2"), dataset.DataSpec.from_config(c), tok.from_config(c))
+    spec = dataset.DataSpec.from_config(c)
+    src = latent_cache.LatentCacheSource(str(tmp_path / "c2"), spec, tok.from_config(c).norm)
     batch = next(pipeline.make_iterator(src, seed=0, global_batch=2))
     assert batch["latents"].shape == (2, 3, 2, 2, 4, 16) and "video" not in batch
     with pytest.raises(FileExistsError, match="--overwrite"):
@@ -57,9 +58,9 @@ def test_settings_mismatch_and_missing_cache_are_explained(cache, tmp_path):
     c, root, out, _ = cache
     spec = dataset.DataSpec.from_config(fx.config(root, load_mv_emb=True))
     with pytest.raises(ValueError, match="load_mv_emb"):
-        latent_cache.LatentCacheSource(out, spec, tok.from_config(c))
+        latent_cache.LatentCacheSource(out, spec, tok.from_config(c).norm)
     with pytest.raises(FileNotFoundError, match="encode_latents"):
-        latent_cache.LatentCacheSource(str(tmp_path), spec, tok.from_config(c))
+        latent_cache.LatentCacheSource(str(tmp_path), spec, tok.from_config(c).norm)
     index = json.load(open(os.path.join(out, "index.json")))
     assert index["format"] == latent_cache.FORMAT and index["latent_shape"] == [2, 2, 4, 16]
 

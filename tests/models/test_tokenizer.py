@@ -50,6 +50,26 @@ def test_tokenizer_chunks_normalises_and_inverts():
         t.encode(video[:, :, :10])
 
 
+def test_latent_norm_per_frame_in_chunk_numpy_and_jax():
+    """final = (raw - mean[c, t]) / std[c, t] * sigma_data with t the frame's index in its chunk; decode inverts it;
+    numpy and jax agree (to an ulp: XLA may fuse the division); Tokenizer.encode is encode_pixels followed by it."""
+    rng = np.random.default_rng(0)
+    mean, std = rng.normal(size=(16, 2)).astype(np.float32), rng.uniform(0.5, 2, (16, 2)).astype(np.float32)
+    norm = tok.LatentNorm(mean, std, 0.5)
+    raw = rng.normal(size=(3, 4, 2, 3, 16)).astype(np.float32)  # V, T (2 chunks of 2), h, w, C
+    final = norm.encode_latents(raw)
+    for t in range(4):  # frame t uses row t % 2 of the statistics
+        np.testing.assert_allclose(final[:, t], (raw[:, t] - mean[:, t % 2]) / std[:, t % 2] * 0.5, rtol=1e-6)
+    np.testing.assert_allclose(norm.decode_latents(final), raw, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(norm.encode_latents(jnp.asarray(raw))), final, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="whole chunks of 2"):
+        norm.encode_latents(raw[:, :3])
+    t = tok.haar_tokenizer(pixel_chunk_duration=9)
+    video = tok.unit_to_pixels(blocky_video(jax.random.key(3), n=2, f=9, h=16, w=16)).reshape(1, 2, 9, 16, 16, 3)
+    np.testing.assert_array_equal(t.encode(video), t.norm.encode_latents(t.encode_pixels(video)))
+    assert float(jnp.abs(t.encode_pixels(video) - t.encode(video)).max()) > 0.1  # the normalisation is not a no-op
+
+
 def test_psnr_on_smooth_video_is_reasonable():
     yy, xx = np.mgrid[0:32, 0:48]
     frames = np.stack([np.stack([(xx * 5 + f * 3) % 256, (yy * 7) % 256, (xx + yy + f) % 256], -1)
