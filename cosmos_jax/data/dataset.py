@@ -12,8 +12,7 @@ Semantics of upstream's `dataset_multiview.Dataset` (docs/upstream.md §2):
 The random view choice is a function of the generator passed in, which the pipeline derives from (seed, global
 position in the stream), so the stream does not depend on how many processes read it.
 
-A sample (numpy): video uint8 [V, F, H, W, 3], text float32 [V, S, D], text_mask [V, S], view_idx int32 [V],
-view_choice int32 [V] (indices into view_keys), fps float32, frame_repeat float32 [V], window int64, skipped int32.
+A sample (numpy) is built by `make_sample` alone, for this source and the latent cache (SAMPLE_FIELDS).
 """
 
 from __future__ import annotations
@@ -91,6 +90,31 @@ def choose_views(spec: DataSpec, rng: np.random.Generator) -> np.ndarray:
         raise ValueError(f"data.sample_n_views={spec.sample_n_views} > {n_all} view_keys")
     others = rng.choice(np.arange(1, n_all), spec.sample_n_views - 1, replace=False)
     return np.concatenate([[0], np.sort(others)]).astype(np.int32)
+
+
+# The sample schema: key -> (dtype, shape). `video` (this source) or `latents` (the latent cache) is the picture.
+SAMPLE_FIELDS = {
+    "video": (np.uint8, "[V, F, H, W, 3]"),
+    "latents": (np.float32, "[V, T, h, w, C] final (normalised) tokenizer latents"),
+    "text": (np.float32, "[V, S, D] padded token embeddings"),
+    "text_mask": (np.float32, "[V, S] 1 for real tokens"),
+    "view_idx": (np.int32, "[V] rows of the network's view-embedding table (caption_view_idx_map)"),
+    "view_choice": (np.int32, "[V] indices into view_keys"),
+    "fps": (np.float32, "[]"),
+    "frame_repeat": (np.float32, "[V] (0: training clips are not repeated)"),
+    "window": (np.int64, "[] the window's index"),
+    "skipped": (np.int32, "[] bad clips passed over to reach it"),
+}
+
+
+def make_sample(spec: DataSpec, views: np.ndarray, window: int, fps: float, text_VSD: np.ndarray,
+                text_mask_VS: np.ndarray, **picture: np.ndarray) -> dict[str, np.ndarray]:
+    """One sample in the schema of SAMPLE_FIELDS; `picture` is video=... or latents=...."""
+    (name, value), = picture.items()
+    out = {name: value, "text": text_VSD, "text_mask": text_mask_VS,
+           "view_idx": [spec.caption_view_idx_map.get(int(v), int(v)) for v in views], "view_choice": views,
+           "fps": fps, "frame_repeat": np.zeros(len(views)), "window": window, "skipped": 0}
+    return {k: np.asarray(v, SAMPLE_FIELDS[k][0]) for k, v in out.items()}
 
 
 def window_starts(num_frames_in_clip: int, spec: DataSpec) -> range:
@@ -182,12 +206,7 @@ class MultiviewWindows:
                 raise BadSampleError(str(e)) from e
             texts.append(emb)
             masks.append(mask)
-        return {
-            "video": np.stack(frames), "text": np.stack(texts), "text_mask": np.stack(masks),
-            "view_idx": np.array([spec.caption_view_idx_map.get(int(v), int(v)) for v in views], np.int32),
-            "view_choice": np.asarray(views, np.int32), "fps": np.float32(fps),
-            "frame_repeat": np.zeros(len(views), np.float32), "window": np.int64(index), "skipped": np.int32(0),
-        }
+        return make_sample(spec, views, index, fps, np.stack(texts), np.stack(masks), video=np.stack(frames))
 
     @property
     def bad_clips(self) -> dict[str, str]:

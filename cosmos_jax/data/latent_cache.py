@@ -24,7 +24,7 @@ import os
 import grain
 import numpy as np
 
-from cosmos_jax.data.dataset import DataSpec, choose_views
+from cosmos_jax.data.dataset import DataSpec, choose_views, make_sample
 from cosmos_jax.models.tokenizer import LatentNorm
 
 FORMAT = "cosmos_jax.latent_cache/1"
@@ -90,11 +90,5 @@ class LatentCacheSource:
         clip_i, start = self.windows[index]
         lat = unpack(self._latents[index], os.path.join(self.path, LATENTS))
         txt = unpack(self._text[clip_i], os.path.join(self.path, TEXT))
-        return {
-            "latents": self.norm.encode_latents(lat["latents"][views].astype(np.float32)),
-            "text": txt["text"][views].astype(np.float32),
-            "text_mask": txt["text_mask"][views].astype(np.float32),
-            "view_idx": np.array([self.spec.caption_view_idx_map.get(int(v), int(v)) for v in views], np.int32),
-            "view_choice": np.asarray(views, np.int32), "fps": np.float32(lat["fps"]),
-            "frame_repeat": np.zeros(len(views), np.float32), "window": np.int64(index), "skipped": np.int32(0),
-        }
+        return make_sample(self.spec, views, index, lat["fps"], txt["text"][views], txt["text_mask"][views],
+                           latents=self.norm.encode_latents(lat["latents"][views].astype(np.float32)))

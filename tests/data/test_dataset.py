@@ -55,6 +55,9 @@ def test_frames_text_and_shapes(root):
     assert np.all(s["text"][0, :6] == 100 * 1 + 0 + 1) and np.all(s["text"][1, :4] == -2)
     assert np.all(s["text"][0, 6:] == 0)
     assert s["frame_repeat"].tolist() == [0, 0, 0]
+    assert set(s) == set(dataset.SAMPLE_FIELDS) - {"latents"}  # the one schema (the cache has latents instead)
+    for k, v in s.items():
+        assert v.dtype == dataset.SAMPLE_FIELDS[k][0], (k, v.dtype)
 
 
 def test_load_mv_emb_concatenates_prefix_and_caption(root):

@@ -38,8 +38,10 @@ def test_cache_latents_equal_the_video_path(cache):
     assert a["view_choice"].tolist() == b["view_choice"].tolist() and a["view_choice"][0] == 0
     want = np.asarray(t.encode(jnp.asarray(b["video"])[None]))[0]
     np.testing.assert_allclose(a["latents"], want, rtol=1e-5, atol=1e-5)
-    for k in ("text", "text_mask", "view_idx", "fps", "frame_repeat", "window"):
+    assert set(a) == set(b) - {"video"} | {"latents"}
+    for k in ("text", "text_mask", "view_idx", "view_choice", "fps", "frame_repeat", "window", "skipped"):
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+        assert a[k].dtype == b[k].dtype, k
 
 
 def test_stride_and_pipeline(cache, tmp_path):
