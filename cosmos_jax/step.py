@@ -98,10 +98,11 @@ def micro_loss(params, buffers, graphdef, batch, key, cfg: StepConfig, tokenizer
                   "logvar_mean": jnp.mean(pred.logvar_B)}
 
 
-def train_step(state, batch, key, *, graphdef, tx: optax.GradientTransformation, cfg: StepConfig, tokenizer,
-               tx_parts=None):
-    """One optimizer update over `grad_accum` micro-batches (the leading axis of every batch array). With
-    `cfg.offload`, `tx_parts` = `optim.parts(config)` (the halves of `tx`)."""
+def train_step(state, batch, key, *, graphdef, tx_parts: tuple[optax.GradientTransformation, ...],
+               cfg: StepConfig, tokenizer):
+    """One optimizer update over `grad_accum` micro-batches (the leading axis of every batch array).
+    `tx_parts` = `optim.parts(config)`: (clip, AdamW), chained on the whole tree, or with `cfg.offload` the clip on
+    the whole gradient and AdamW one block at a time (cosmos_jax/offload.py)."""
     grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
     accum = batch["text"].shape[0]
     keys = jax.random.split(key, accum)
@@ -130,7 +131,7 @@ def train_step(state, batch, key, *, graphdef, tx: optax.GradientTransformation,
         params, opt_state, ema = offload.update(grads, state["params"], state["opt_state"], state["ema"], clip=clip,
                                                 adamw=adamw, ema_beta=beta, parts=cfg.offload)
     else:
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        updates, opt_state = optax.chain(*tx_parts).update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         ema = state["ema"] if beta is None else ema_lib.update(state["ema"], params, beta)
     new_state = {**state, "step": state["step"] + 1, "params": params, "opt_state": opt_state, "ema": ema}
@@ -138,12 +139,10 @@ def train_step(state, batch, key, *, graphdef, tx: optax.GradientTransformation,
     return new_state, metrics
 
 
-def jit_train_step(state_shardings, batch_sharding, *, graphdef, tx, cfg: StepConfig, tokenizer, tx_parts=None):
+def jit_train_step(state_shardings, batch_sharding, *, graphdef, tx_parts, cfg: StepConfig, tokenizer):
     """`train_step` jitted with the state's shardings in and out and the state donated. Trace and call it under
     `sharding.activate(mesh)`: the model reads the mesh for its activation splits and Ulysses attention."""
-    if cfg.offload and tx_parts is None:
-        raise ValueError("config.offload: pass tx_parts=optim.parts(config) to jit_train_step")
-    step = functools.partial(train_step, graphdef=graphdef, tx=tx, cfg=cfg, tokenizer=tokenizer, tx_parts=tx_parts)
+    step = functools.partial(train_step, graphdef=graphdef, tx_parts=tuple(tx_parts), cfg=cfg, tokenizer=tokenizer)
     return jax.jit(step, in_shardings=(state_shardings, batch_sharding, None),
                    out_shardings=(state_shardings, None), donate_argnums=(0,))
 

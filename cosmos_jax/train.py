@@ -160,9 +160,8 @@ def _train(config, mesh, progress: bool) -> dict:
                  f"base weights {config.checkpoint.load_path}" if config.checkpoint.load_path else "random init")
     # ---- the jitted step -----------------------------------------------------------------------------------
     batch_sh = sharding.batch_sharding(mesh, leading_axes=1)
-    train_step = step_lib.jit_train_step(shardings, batch_sh, graphdef=graphdef, tx=tx, cfg=step_cfg,
-                                         tx_parts=optim.parts(config),
-                                         tokenizer=tokenizer)
+    train_step = step_lib.jit_train_step(shardings, batch_sh, graphdef=graphdef, tx_parts=optim.parts(config),
+                                         cfg=step_cfg, tokenizer=tokenizer)
     schedule = optim.schedule(config)
     validator = Validator.maybe(config, graphdef, tokenizer, step_cfg, mesh, jdir)
     writer = metrics_lib.MetricWriter(jdir, purge_step=None if latest is None else latest + 1)

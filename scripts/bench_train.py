@@ -83,9 +83,8 @@ def build(config, devices: int = 0, compile_only: bool = False):
     rank, count = sharding.data_rank(mesh, batch)  # this process's rows (all of them with one process)
     rows = slice(rank * (batch // count), (rank + 1) * (batch // count))
     data = sharding.put_batch({k: v[:, rows] for k, v in host.items()}, batch_sh, batch)
-    step = step_lib.jit_train_step(shardings, batch_sh, graphdef=graphdef, tx=tx,
-                                   cfg=step_lib.StepConfig.from_config(config), tokenizer=None,
-                                   tx_parts=optim.parts(config))
+    step = step_lib.jit_train_step(shardings, batch_sh, graphdef=graphdef, tx_parts=optim.parts(config),
+                                   cfg=step_lib.StepConfig.from_config(config), tokenizer=None)
     flops = model_flops_per_sample(cfg, views, t_lat, h_lat, w_lat) * batch
     info = {"cfg": cfg, "batch": batch, "views": views, "flops": flops,
             "tokens_per_sample": views * (t_lat // cfg.patch_temporal) * (h_lat // 2) * (w_lat // 2)}

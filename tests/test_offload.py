@@ -42,8 +42,8 @@ def run(c, mesh, steps=3, state=None, start=0):
     cfg, tx = build.dit_config(c), optim.make(c)
     graphdef, abstract, sh = ts.layout(cfg, tx, mesh, offload=tuple(c.offload))
     batch_sh = sharding.batch_sharding(mesh, leading_axes=1)
-    step = step_lib.jit_train_step(sh, batch_sh, graphdef=graphdef, tx=tx, cfg=step_lib.StepConfig.from_config(c),
-                                   tokenizer=tok.from_config(c), tx_parts=optim.parts(c))
+    step = step_lib.jit_train_step(sh, batch_sh, graphdef=graphdef, tx_parts=optim.parts(c),
+                                   cfg=step_lib.StepConfig.from_config(c), tokenizer=tok.from_config(c))
     losses = []
     with sharding.activate(mesh):
         state = ts.create(cfg, tx, mesh, sh) if state is None else state

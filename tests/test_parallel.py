@@ -64,7 +64,7 @@ def run(shape, lora=False, **model):
     state = perturbed(ts.create(cfg, tx, mesh, shardings, seed=0), shardings)
     batch_sh = sharding.batch_sharding(mesh, leading_axes=1)
     with sharding.activate(mesh):
-        step = step_lib.jit_train_step(shardings, batch_sh, graphdef=graphdef, tx=tx,
+        step = step_lib.jit_train_step(shardings, batch_sh, graphdef=graphdef, tx_parts=optim.parts(c),
                                        cfg=step_lib.StepConfig.from_config(c), tokenizer=None)
         losses = []
         for i, hb in enumerate(host_batch()):

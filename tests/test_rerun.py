@@ -92,8 +92,8 @@ def test_donated_steps_after_base_weights(mode, tmp_path):
     mesh = sharding.make_mesh((("data", 1), ("fsdp", 1), ("context", 1)), devices=jax.devices()[:1])
     graphdef, abstract, sh = ts.layout(cfg, tx, mesh)
     batch_sh = sharding.batch_sharding(mesh, leading_axes=1)
-    step = step_lib.jit_train_step(sh, batch_sh, graphdef=graphdef, tx=tx, cfg=step_lib.StepConfig.from_config(c),
-                                   tokenizer=tok.from_config(c))
+    step = step_lib.jit_train_step(sh, batch_sh, graphdef=graphdef, tx_parts=optim.parts(c),
+                                   cfg=step_lib.StepConfig.from_config(c), tokenizer=tok.from_config(c))
     rng = np.random.default_rng(0)
     host = {"video": rng.integers(0, 255, (1, 1, 3, 9, 16, 16, 3)).astype(np.uint8),
             "text": rng.standard_normal((1, 1, 3, 512, 8)).astype(np.float32),

@@ -43,7 +43,8 @@ def batch(accum=2, b=1, v=3, seed=0):
 def test_accumulated_step_equals_manual_update(setup):
     c, graphdef, tx, scfg, tokenizer, state = setup
     bt, key = batch(), jax.random.key(3)
-    step = jax.jit(functools.partial(step_lib.train_step, graphdef=graphdef, tx=tx, cfg=scfg, tokenizer=tokenizer))
+    step = jax.jit(functools.partial(step_lib.train_step, graphdef=graphdef, tx_parts=optim.parts(c), cfg=scfg,
+                                     tokenizer=tokenizer))
     new, metrics = step(state, bt, key)
     keys = jax.random.split(key, 2)
     grads = []
@@ -73,7 +74,8 @@ def test_non_finite_gradients_are_zeroed_and_counted(setup):
     c, graphdef, tx, scfg, tokenizer, state = setup
     bt = batch(accum=1)
     bt["text"] = bt["text"].at[0, 0, 1, 0, 0].set(jnp.nan)  # poisons the cross-attention gradients
-    step = jax.jit(functools.partial(step_lib.train_step, graphdef=graphdef, tx=tx, cfg=scfg, tokenizer=tokenizer))
+    step = jax.jit(functools.partial(step_lib.train_step, graphdef=graphdef, tx_parts=optim.parts(c), cfg=scfg,
+                                     tokenizer=tokenizer))
     new, metrics = step(state, bt, jax.random.key(0))
     assert int(metrics["nonfinite_grads"]) > 0
     assert all(bool(jnp.all(jnp.isfinite(p))) for p in jax.tree.leaves(new["params"]))
