@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import ml_collections
 
-VIEW_KEYS = ("pinhole_front", "pinhole_front_left", "pinhole_front_right", "pinhole_side_left", "pinhole_side_right")
-# View index in VIEW_KEYS -> row of the network's 7-row view-embedding table (upstream caption_view_idx_map).
-CAPTION_VIEW_IDX_MAP = {0: 0, 1: 1, 2: 2, 3: 4, 4: 5}
+from cosmos_jax.rig import CAPTION_VIEW_IDX_MAP, VIEW_KEYS  # the camera rig (cosmos_jax/rig.py)
 
 
 def model_7b() -> ml_collections.ConfigDict:

@@ -25,6 +25,7 @@ from absl import app, flags
 from cosmos_jax import inference, quality, sharding
 from cosmos_jax.data import dataset
 from cosmos_jax.models import tokenizer as tok
+from cosmos_jax.rig import Rig
 from cosmos_jax.samples import write_comparison
 
 KINDS = ("generated", "real", "baseline_front_copy")
@@ -63,7 +64,7 @@ def evaluate(checkpoint: str, dataset_dir: str, clips: int = 4, n_views: int = 0
     spec = dataset.DataSpec.from_config(config, dataset_dir=root)
     source = dataset.MultiviewWindows(spec)
     v = n_views or int(config.data.sample_n_views)
-    rig = inference.Rig.training(config, v)
+    rig = Rig.training(config, v)
     names = [spec.view_keys[i] for i in range(v)]
     tokenizer = tok.from_config(config)
     step = loaded.source.split(" step ")[-1].split(" ")[0] if " step " in loaded.source else "0"

@@ -33,6 +33,7 @@ from cosmos_jax import inference, sharding
 from cosmos_jax.data import pickles
 from cosmos_jax.data import video as video_io
 from cosmos_jax.models import tokenizer as tok
+from cosmos_jax.rig import Rig
 
 T5_CONVERTED = "checkpoints/google-t5/t5-11b_orbax"  # python -m converters.t5_to_orbax --dst
 PROMPT_FLAGS = ("prompt", "prompt_left", "prompt_right", "prompt_back", "prompt_back_left", "prompt_back_right")
@@ -65,7 +66,7 @@ def define_flags() -> None:
     config_flags.DEFINE_config_file("config", None, "config of a .pt / converted checkpoint's network")
 
 
-def read_initial(folder: str, rig: inference.Rig, n: int, size) -> np.ndarray:
+def read_initial(folder: str, rig: Rig, n: int, size) -> np.ndarray:
     """The last n frames of each view's initial video, [V, n, H, W, 3]."""
     out = []
     for i, name in enumerate(rig.names):
@@ -80,7 +81,7 @@ def read_initial(folder: str, rig: inference.Rig, n: int, size) -> np.ndarray:
     return np.stack(out)
 
 
-def text_embeddings(f, config, rig: inference.Rig) -> tuple[np.ndarray, list[str]]:
+def text_embeddings(f, config, rig: Rig) -> tuple[np.ndarray, list[str]]:
     s = int(config.data.text_tokens)
     width = int(config.model.crossattn_emb_channels)
     # Prompt flags follow upstream's view slots (view-embedding rows): Waymo side_left is slot 4 (back-left).
@@ -110,7 +111,7 @@ def run(f) -> dict:
     loaded = inference.load(f.checkpoint, f.weights, f.config)
     loaded, mesh = inference.on_context_mesh(loaded, f.context)
     config = loaded.config
-    rig = inference.Rig.upstream(f.n_views) if f.rig == "upstream" else inference.Rig.training(config, f.n_views)
+    rig = Rig.upstream(f.n_views) if f.rig == "upstream" else Rig.training(config, f.n_views)
     size = tuple(config.data.video_size)
     n = int(config.data.num_frames)
     info = video_io.probe(f.view_condition_video)
@@ -147,7 +148,7 @@ def run(f) -> dict:
     return settings
 
 
-def write_grid(out: str, gen_VFHW3: np.ndarray, rig: inference.Rig, fps: float) -> tuple[str, str]:
+def write_grid(out: str, gen_VFHW3: np.ndarray, rig: Rig, fps: float) -> tuple[str, str]:
     from PIL import Image
 
     from cosmos_jax.samples import label, write_grid_mp4

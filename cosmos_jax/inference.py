@@ -3,8 +3,8 @@ condition, sample, decode. Used by `python -m cosmos_jax.generate`.
 
 Upstream (docs/upstream.md §8): the front view is the clean condition (`first_cam`); Video2World also pins the
 first latent frames of every view (`first_cam_and_first_n`, from the last 1 or 9 frames of an initial video);
-views 0..5 use embedding rows 0..5 (front, front-left, front-right, back, back-left, back-right) and frame repeat
-[0, 0, 0, 0, 10, 10] / 10; guidance F = F_c + g (F_c - F_u) on the raw output, F_u with the text zeroed.
+the views, their embedding rows and frame repeat come from a `rig.Rig` (cosmos_jax/rig.py); guidance
+F = F_c + g (F_c - F_u) on the raw output, F_u with the text zeroed.
 """
 
 from __future__ import annotations
@@ -20,61 +20,11 @@ import numpy as np
 
 from cosmos_jax import checkpoint, sharding
 from cosmos_jax import train_state as ts
-from cosmos_jax.data import layout
 from cosmos_jax.diffusion import conditioning
 from cosmos_jax.diffusion import denoise as dn
 from cosmos_jax.models import build
+from cosmos_jax.rig import Rig
 from cosmos_jax.samples import ViewExtender
-
-# Upstream's 6-view inference rig: names, view-embedding rows, frame repeat, the 2x3 grid order [1, 0, 2, 4, 3, 5].
-SIX_VIEWS = ("front", "front_left", "front_right", "back", "back_left", "back_right")
-SIX_REPEAT = (0.0, 0.0, 0.0, 0.0, 10.0, 10.0)
-SIX_GRID = (1, 0, 2, 4, 3, 5)
-_CAPTURED = "The video is captured from a camera mounted on a car."
-SIX_PREFIX = {
-    "front": layout.PREFIX_SENTENCES["pinhole_front"],
-    "front_left": layout.PREFIX_SENTENCES["pinhole_front_left"],
-    "front_right": layout.PREFIX_SENTENCES["pinhole_front_right"],
-    "back": f"{_CAPTURED} The camera is facing backward.",
-    "back_left": layout.PREFIX_SENTENCES["pinhole_side_left"],
-    "back_right": layout.PREFIX_SENTENCES["pinhole_side_right"],
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class Rig:
-    """The views to generate: names, view-embedding rows, frame repeat (raw, divided by 10 for the network)."""
-
-    names: tuple[str, ...]
-    rows: tuple[int, ...]
-    repeat: tuple[float, ...]
-
-    @classmethod
-    def upstream(cls, n_views: int) -> Rig:
-        if not 1 <= n_views <= 6:
-            raise ValueError(f"--n_views={n_views}: upstream's inference rig has 1..6 views")
-        return cls(SIX_VIEWS[:n_views], tuple(range(n_views)), SIX_REPEAT[:n_views])
-
-    @classmethod
-    def training(cls, config, n_views: int) -> Rig:
-        """The first n training cameras with the training's view-embedding rows (caption_view_idx_map)."""
-        keys = list(config.data.view_keys)[:n_views]
-        idx = {int(k): int(v) for k, v in dict(config.data.caption_view_idx_map).items()}
-        return cls(tuple(k.removeprefix("pinhole_") for k in keys), tuple(idx.get(i, i) for i in range(len(keys))),
-                   (0.0,) * len(keys))
-
-    def grid_order(self) -> list[int | None]:
-        """Tiles of the 3-wide grid (None = blank): upstream's [1, 0, 2 / 4, 3, 5] for 6 views; with 5 views the
-        side cameras go under the front-left and front-right ones."""
-        n = len(self.names)
-        if self.names == SIX_VIEWS:
-            return list(SIX_GRID)
-        if n == 5:
-            return [1, 0, 2, 3, None, 4]
-        return [1, 0, 2, *range(3, n)] if n >= 3 else list(range(n))
-
-    def default_prompt(self, i: int) -> str:
-        return SIX_PREFIX.get(self.names[i]) or layout.PREFIX_SENTENCES.get("pinhole_" + self.names[i], "")
 
 
 @dataclasses.dataclass

@@ -18,6 +18,7 @@ from cosmos_jax.data import video as video_io
 from cosmos_jax.diffusion import conditioning, sampler
 from cosmos_jax.models import build
 from cosmos_jax.models import tokenizer as tok
+from cosmos_jax.rig import Rig
 from tests.data import fixtures as fx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,7 +58,7 @@ def text(v=5, s=512, e=8, seed=0):
 
 def run(loaded, front_path, guidance=7.0, seed=0, rig=None, steps=4):
     c = loaded.config
-    rig = rig or inference.Rig.training(c, 5)
+    rig = rig or Rig.training(c, 5)
     front = video_io.read_frames(front_path, range(9), tuple(c.data.video_size))
     return inference.view_extend(loaded, tok.from_config(c), front, text(len(rig.names)), rig, 10.0,
                                  jax.random.key(seed), steps, guidance)
@@ -91,7 +92,7 @@ def test_guidance_zero_is_the_conditional_pass_alone(job):
     """Upstream's guidance F = F_c + g (F_c - F_u): g = 0 is the conditional network alone."""
     c, jdir, front_path = job
     loaded = inference.load(jdir)
-    rig = inference.Rig.training(c, 3)
+    rig = Rig.training(c, 3)
     t = tok.from_config(c)
     front = video_io.read_frames(front_path, range(9), (16, 32))
     guided, gt = inference.view_extend(loaded, t, front, text(3), rig, 10.0, jax.random.key(5), 3, 0.0)
@@ -112,11 +113,11 @@ def test_guidance_zero_is_the_conditional_pass_alone(job):
 
 
 def test_upstream_rig_and_grid():
-    rig = inference.Rig.upstream(6)
+    rig = Rig.upstream(6)
     assert rig.rows == (0, 1, 2, 3, 4, 5) and rig.repeat == (0, 0, 0, 0, 10, 10)
     assert rig.grid_order() == [1, 0, 2, 4, 3, 5]
     with pytest.raises(ValueError, match="1..6 views"):
-        inference.Rig.upstream(7)
+        Rig.upstream(7)
 
 
 def test_cli_writes_views_grid_sheet_and_settings(job, tmp_path):

@@ -43,7 +43,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from cosmos_jax.data import layout, pickles
-from cosmos_jax.data.layout import PREFIX_SENTENCES, VIEW_KEYS
+from cosmos_jax.rig import PREFIX_SENTENCES, VIEW_KEYS
 
 PICKLE_PROTOCOL = 4
 FRONT = VIEW_KEYS[0]

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import os
 
-# The experiment's view order (configs/base.py VIEW_KEYS is the same tuple).
-VIEW_KEYS = ("pinhole_front", "pinhole_front_left", "pinhole_front_right", "pinhole_side_left", "pinhole_side_right")
-
 # Waymo Open Dataset v1 `CameraName.Name` of each view, and its enum value.
 WAYMO_SOURCE_NAMES = {
     "pinhole_front": "FRONT",
@@ -30,16 +27,6 @@ WAYMO_SIZES = {
     "pinhole_front_right": (1920, 1280),
     "pinhole_side_left": (1920, 886),
     "pinhole_side_right": (1920, 886),
-}
-
-# The per-view prefix sentences of the NVIDIA toolkit scripts and upstream's get_t5_embeddings_from_waymo.py (§4).
-_CAPTURED = "The video is captured from a camera mounted on a car."
-PREFIX_SENTENCES = {
-    "pinhole_front": f"{_CAPTURED} The camera is facing forward.",
-    "pinhole_front_left": f"{_CAPTURED} The camera is facing forward and slightly to the left.",
-    "pinhole_front_right": f"{_CAPTURED} The camera is facing forward and slightly to the right.",
-    "pinhole_side_left": f"{_CAPTURED} The camera is facing to the left.",
-    "pinhole_side_right": f"{_CAPTURED} The camera is facing to the right.",
 }
 
 FRAME_RATE = 10.0

@@ -47,9 +47,10 @@ import numpy as np
 from PIL import Image
 
 from cosmos_jax.data import layout, video
-from cosmos_jax.data.layout import VIEW_KEYS, WAYMO_CAMERA_ENUM, WAYMO_SOURCE_NAMES
+from cosmos_jax.data.layout import WAYMO_CAMERA_ENUM, WAYMO_SOURCE_NAMES
 from cosmos_jax.data.tfrecord import iter_records
 from cosmos_jax.data.waymo_proto import Context, Frame, ProtoError, parse_frame
+from cosmos_jax.rig import VIEW_KEYS
 
 ENUM_TO_VIEW = {WAYMO_CAMERA_ENUM[src]: view for view, src in WAYMO_SOURCE_NAMES.items()}
 FILE_PREFIXES = ("individual_files_training_", "individual_files_validation_")

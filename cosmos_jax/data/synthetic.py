@@ -45,8 +45,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from cosmos_jax import rig
 from cosmos_jax.data import layout, pickles
-from cosmos_jax.data.layout import VIEW_KEYS
 from cosmos_jax.data.synthetic_render import render, render_clip
 from cosmos_jax.data.synthetic_scene import (
     BASE_WIDTH,
@@ -84,6 +84,7 @@ from cosmos_jax.data.synthetic_text import (
     train_tokenizer,
     visible_vehicles,
 )
+from cosmos_jax.rig import VIEW_KEYS
 
 __all__ = [
     "BASE_WIDTH", "FACADE_COLOURS", "FPS", "GLASS", "GRAMMAR_CORPUS", "HFOV_DEG", "LANES_WORD", "LANE_W", "MP4_CRF",
@@ -152,7 +153,7 @@ def generate(out_dir: str, clips: int = 4, seed: int = 0, embed_dim: int = 1024,
         _write_videos(out_dir, train, cams)
         _write_videos(os.path.join(out_dir, "heldout"), held, cams)
     caps = {s.clip_id: captions(s, cams) for s in train + held}
-    prefixes = [layout.PREFIX_SENTENCES[v] for v in VIEW_KEYS]
+    prefixes = [rig.PREFIX_SENTENCES[v] for v in VIEW_KEYS]
     corpus = prefixes + [c for s in train + held for c in caps[s.clip_id].values()] + GRAMMAR_CORPUS
     enc = build_text_encoder(os.path.join(out_dir, "t5"), corpus, embed_dim, seed)
     prefix_emb = dict(zip(VIEW_KEYS, enc.embed(prefixes), strict=True))

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from cosmos_jax.data import layout
-from cosmos_jax.data.layout import VIEW_KEYS
+from cosmos_jax.rig import VIEW_KEYS
 
 FPS = 10.0
 BASE_WIDTH = 144  # stored width of every view at --scale 1

@@ -21,7 +21,7 @@ transformers = pytest.importorskip("transformers")
 spm = pytest.importorskip("sentencepiece")
 
 from converters import t5_to_orbax as t5c  # noqa: E402
-from cosmos_jax import generate, inference  # noqa: E402
+from cosmos_jax import generate, rig  # noqa: E402
 from cosmos_jax.data import embed_captions, layout  # noqa: E402
 from cosmos_jax.models import t5, t5_weights  # noqa: E402
 
@@ -185,7 +185,7 @@ def test_embed_captions_with_converted_folder(hf, tmp_path):
     ref = enc.embed([CORPUS[1]])[0]
     assert isinstance(emb, list) and emb[0].shape == ref.shape and ref.shape[1] == 32
     np.testing.assert_array_equal(emb[0], ref)
-    for view in layout.VIEW_KEYS:
+    for view in rig.VIEW_KEYS:
         for p in layout.prefix_paths(str(root), view):
             with open(p, "rb") as f:
                 assert pickle.load(f).shape[1] == 32
@@ -195,7 +195,7 @@ def test_embed_captions_with_converted_folder(hf, tmp_path):
     f.prompt = CORPUS[1]
     cfg = ml_collections.ConfigDict({"data": {"text_tokens": 512, "dataset_dir": str(root)},
                                      "model": {"crossattn_emb_channels": 32}})
-    text, prompts = generate.text_embeddings(f, cfg, inference.Rig.upstream(2))
+    text, prompts = generate.text_embeddings(f, cfg, rig.Rig.upstream(2))
     assert text.shape == (2, 512, 32) and prompts[0] == CORPUS[1]
     np.testing.assert_array_equal(text[0, : len(ref)], ref)
     assert not text[0, len(ref):].any()

@@ -11,9 +11,10 @@ import pytest
 pytest.importorskip("sentencepiece")
 av = pytest.importorskip("av")
 
+from cosmos_jax import rig  # noqa: E402
 from cosmos_jax.data import layout, synthetic  # noqa: E402
 
-VIEWS = layout.VIEW_KEYS
+VIEWS = rig.VIEW_KEYS
 D = 32
 FRAMES = 12
 
@@ -70,7 +71,7 @@ def test_pickles_and_captions(ds):
     assert sorted(caps) == info["clips"]
     enc = synthetic.load_text_encoder(os.path.join(root, "t5"))
     assert enc.embed_dim == D
-    texts = [layout.PREFIX_SENTENCES[v] for v in VIEWS] + [caps[c][v] for v in VIEWS for c in info["clips"]]
+    texts = [rig.PREFIX_SENTENCES[v] for v in VIEWS] + [caps[c][v] for v in VIEWS for c in info["clips"]]
     fresh = iter(enc.embed(texts))  # new prompts embed identically
     for v in VIEWS:
         a, b = (open(p, "rb").read() for p in layout.prefix_paths(root, v))
@@ -90,7 +91,7 @@ def test_pickles_and_captions(ds):
             assert emb.shape[0] == n_tok and np.all(np.abs(emb).sum(1) > 0)
             np.testing.assert_array_equal(emb, next(fresh))
             if v == "pinhole_front":
-                assert text.startswith(layout.PREFIX_SENTENCES["pinhole_front"] + " ")
+                assert text.startswith(rig.PREFIX_SENTENCES["pinhole_front"] + " ")
             else:
                 assert "captured from a camera" not in text and len(text.split()) > 10
     assert len({caps[c]["pinhole_front"] for c in info["clips"]}) == 2  # clips differ
@@ -176,7 +177,7 @@ def test_deterministic_per_seed(ds, tmp_path):
 
 
 def test_wide_embeddings_use_a_fixed_projection(tmp_path):
-    texts = [layout.PREFIX_SENTENCES[v] for v in VIEWS]
+    texts = [rig.PREFIX_SENTENCES[v] for v in VIEWS]
     enc = synthetic.build_text_encoder(str(tmp_path / "t5"), texts + synthetic.GRAMMAR_CORPUS, embed_dim=160, seed=0)
     assert enc.model.config.d_model == 64 and enc.proj.shape == (64, 160)
     assert os.path.isfile(tmp_path / "t5" / "proj.npy")

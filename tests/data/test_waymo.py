@@ -14,9 +14,10 @@ import sys
 import numpy as np
 import pytest
 
+from cosmos_jax import rig
 from cosmos_jax.data import dataset, embed_captions, layout, pickles, prepare_waymo, tfrecord, validate, video
 from cosmos_jax.data import waymo_proto as wp
-from cosmos_jax.data.layout import VIEW_KEYS
+from cosmos_jax.rig import VIEW_KEYS
 from tests.data import fixtures as fx
 from tests.data import waymo_fixtures as wf
 
@@ -134,7 +135,7 @@ def _write_csv(path: str, captions: dict[str, str]) -> None:
 
 
 def _front_caption(i: int) -> str:
-    return f"{layout.PREFIX_SENTENCES['pinhole_front']} A red car, then a \"white\" van, drives ahead ({i})."
+    return f"{rig.PREFIX_SENTENCES['pinhole_front']} A red car, then a \"white\" van, drives ahead ({i})."
 
 
 def test_prepare_outputs_and_rig(prepared):
@@ -163,7 +164,7 @@ def test_embed_validate_and_resume(prepared, tmp_path):
     root_copy = str(tmp_path / "waymo")
     shutil.copytree(root, root_copy)
     t5_dir = str(tmp_path / "enc" / "t5")
-    corpus = list(layout.PREFIX_SENTENCES.values()) + [_front_caption(i) for i in range(3)]
+    corpus = list(rig.PREFIX_SENTENCES.values()) + [_front_caption(i) for i in range(3)]
     from cosmos_jax.data.synthetic_text import build_text_encoder
 
     enc = build_text_encoder(t5_dir, corpus, D, seed=0)
@@ -177,7 +178,7 @@ def test_embed_validate_and_resume(prepared, tmp_path):
     for view in VIEW_KEYS:
         a, b = (pickles.safe_load(p) for p in layout.prefix_paths(root_copy, view))
         assert isinstance(a, np.ndarray) and a.dtype == np.float32 and a.ndim == 2
-        np.testing.assert_array_equal(a, enc.embed([layout.PREFIX_SENTENCES[view]])[0])
+        np.testing.assert_array_equal(a, enc.embed([rig.PREFIX_SENTENCES[view]])[0])
         np.testing.assert_array_equal(a, b)
     assert not os.path.exists(os.path.join(root_copy, "t5_xxl", "pinhole_front_left"))
     out = io.StringIO()
@@ -229,7 +230,7 @@ def test_caption_files(tmp_path):
         embed_captions.read_captions(j, multiview=True)
     json.dump({"a_1_pinhole_front": "ahead.", "a_1_pinhole_front_left": "left."}, open(j, "w"))
     assert embed_captions.read_captions(j, True) == {"a_1": {"pinhole_front": "ahead.", "pinhole_front_left": "left."}}
-    front = layout.PREFIX_SENTENCES["pinhole_front"]
+    front = rig.PREFIX_SENTENCES["pinhole_front"]
     assert embed_captions.read_captions(j, False) == {"a_1": {"pinhole_front": f"{front} ahead."}}
     with pytest.raises(ValueError, match="not a text encoder folder.*found \\['c.csv', 'c.json'\\]"):
         embed_captions.load_encoder(str(tmp_path))
@@ -308,7 +309,7 @@ def test_prepared_dataset_trains_one_step(prepared, tmp_path):
     _, root, _ = prepared
     root_copy = str(tmp_path / "waymo")
     shutil.copytree(root, root_copy)
-    corpus = list(layout.PREFIX_SENTENCES.values()) + [_front_caption(i) for i in range(3)]
+    corpus = list(rig.PREFIX_SENTENCES.values()) + [_front_caption(i) for i in range(3)]
     enc = build_text_encoder(str(tmp_path / "enc" / "t5"), corpus, D, seed=0)
     caps = str(tmp_path / "captions.csv")
     _write_csv(caps, {ID_A: _front_caption(0), ID_B: _front_caption(2)})

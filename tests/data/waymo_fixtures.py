@@ -15,7 +15,8 @@ from PIL import Image
 
 from cosmos_jax.data import tfrecord
 from cosmos_jax.data import waymo_proto as wp
-from cosmos_jax.data.layout import VIEW_KEYS, WAYMO_CAMERA_ENUM, WAYMO_SOURCE_NAMES
+from cosmos_jax.data.layout import WAYMO_CAMERA_ENUM, WAYMO_SOURCE_NAMES
+from cosmos_jax.rig import VIEW_KEYS
 
 SCALE = 0.05  # of Waymo's 1920-pixel width
 SIZES = {v: ((96, 64) if "front" in v else (96, 44)) for v in VIEW_KEYS}  # (W, H)
