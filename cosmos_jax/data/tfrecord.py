@@ -1,4 +1,4 @@
-"""TFRecord files without TensorFlow: a checked reader and a writer (docs/data-layout.md §8.3).
+"""TFRecord files without TensorFlow: a checked reader (docs/data-layout.md §8.3).
 
 Each record is framed as
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 _MASK_DELTA = 0xA282EAD8
 _HEADER = struct.Struct("<QI")
@@ -104,23 +104,3 @@ def iter_records(path: str, check_crc: bool = True) -> Iterator[tuple[int, bytes
                                         "corrupt file")
             yield offset, data
             offset = end
-
-
-def encode_record(data: bytes) -> bytes:
-    """One framed record."""
-    header = struct.pack("<Q", len(data))
-    return header + _FOOTER.pack(masked_crc(header)) + bytes(data) + _FOOTER.pack(masked_crc(data))
-
-
-def write_records(path: str, records: Iterable[bytes]) -> list[int]:
-    """Write `records` to `path` (atomically: temporary file, then rename); returns each record's byte offset."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    offsets, pos = [], 0
-    with open(tmp, "wb") as f:
-        for r in records:
-            framed = encode_record(r)
-            offsets.append(pos)
-            f.write(framed)
-            pos += len(framed)
-    os.replace(tmp, path)
-    return offsets

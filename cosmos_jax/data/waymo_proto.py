@@ -1,5 +1,5 @@
-"""A zero-dependency protobuf wire-format decoder (and encoder, for test fixtures) for the few Waymo `Frame` fields
-that camera-only data preparation needs (docs/data-layout.md §8.2).
+"""A zero-dependency protobuf wire-format decoder for the few Waymo `Frame` fields that camera-only data preparation
+needs (docs/data-layout.md §8.2).
 
 Field numbers follow `waymo-research/waymo-open-dataset`, `src/waymo_open_dataset/dataset.proto` (package
 `waymo.open_dataset`, proto2), Copyright The Waymo Open Dataset Authors, licensed under the Apache License 2.0
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 WT_VARINT, WT_FIXED64, WT_BYTES, WT_START_GROUP, WT_END_GROUP, WT_FIXED32 = 0, 1, 2, 3, 4, 5
 
@@ -215,64 +215,3 @@ def parse_frame(data) -> Frame:
     else:
         context = parse_context(memoryview(b"".join(bytes(c) for c in context_chunks)))
     return Frame(context, timestamp, tuple(images))
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Encoding (test fixtures)
-
-def encode_varint(v: int) -> bytes:
-    if v < 0:
-        v += 1 << 64
-    out = bytearray()
-    while True:
-        b = v & 0x7F
-        v >>= 7
-        if v:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def encode_key(field: int, wt: int) -> bytes:
-    return encode_varint(field << 3 | wt)
-
-
-def field_varint(field: int, v: int) -> bytes:
-    return encode_key(field, WT_VARINT) + encode_varint(v)
-
-
-def field_bytes(field: int, payload: bytes) -> bytes:
-    return encode_key(field, WT_BYTES) + encode_varint(len(payload)) + bytes(payload)
-
-
-def field_doubles(field: int, values: Sequence[float], packed: bool = False) -> bytes:
-    if packed:
-        return field_bytes(field, struct.pack(f"<{len(values)}d", *values))
-    return b"".join(encode_key(field, WT_FIXED64) + struct.pack("<d", v) for v in values)
-
-
-def encode_transform(values: Sequence[float], packed: bool = False) -> bytes:
-    return field_doubles(1, values, packed)
-
-
-def encode_camera_calibration(cal: CameraCalibration, packed: bool = False) -> bytes:
-    return (field_varint(1, cal.name) + field_doubles(2, cal.intrinsic, packed)
-            + field_bytes(3, encode_transform(cal.extrinsic, packed))
-            + field_varint(4, cal.width) + field_varint(5, cal.height))
-
-
-def encode_context(ctx: Context, packed: bool = False) -> bytes:
-    return field_bytes(1, ctx.name.encode("utf-8")) + b"".join(
-        field_bytes(2, encode_camera_calibration(c, packed)) for c in ctx.camera_calibrations)
-
-
-def encode_camera_image(img: CameraImage) -> bytes:
-    return field_varint(1, img.name) + field_bytes(2, img.image)
-
-
-def encode_frame(frame: Frame, packed: bool = False) -> bytes:
-    """Serialize the known fields; append other fields (e.g. `field_bytes(5, ...)` for lasers) as raw bytes."""
-    out = field_bytes(1, encode_context(frame.context, packed)) if frame.context is not None else b""
-    out += field_varint(2, frame.timestamp_micros)
-    return out + b"".join(field_bytes(4, encode_camera_image(i)) for i in frame.images)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from cosmos_jax.diffusion import edm
 
@@ -88,9 +87,3 @@ def text_dropout(key: jax.Array, text_BVSE: jax.Array, rate: float) -> jax.Array
     """Classifier-free-guidance dropout: each sample's whole [V, S, E] text tensor zeroed with probability rate."""
     keep_B = jax.random.bernoulli(key, 1.0 - rate, (text_BVSE.shape[0],))
     return text_BVSE * keep_B[:, None, None, None].astype(text_BVSE.dtype)
-
-
-def latent_view_indices(view_indices_BVF: np.ndarray | jax.Array, temporal_compression: int = 8):
-    """Per-pixel-frame view ids [B, V, F] -> per-latent-frame [B, V, T]: frames 0, 1, 1+k, 1+2k, ... (upstream
-    takes [0] + [1:-1:k])."""
-    return jnp.concatenate([view_indices_BVF[:, :, :1], view_indices_BVF[:, :, 1:-1:temporal_compression]], axis=-1)

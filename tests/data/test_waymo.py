@@ -19,6 +19,7 @@ from cosmos_jax.data import dataset, embed_captions, layout, pickles, prepare_wa
 from cosmos_jax.data import waymo_proto as wp
 from cosmos_jax.rig import VIEW_KEYS
 from tests.data import fixtures as fx
+from tests.data import waymo_encode as we
 from tests.data import waymo_fixtures as wf
 
 ID_A = "1071392229495085036_1844_790_1864_790"
@@ -52,7 +53,7 @@ def test_tfrecord_roundtrip_and_errors(tmp_path):
     assert tfrecord.crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
     path = str(tmp_path / "r.tfrecord")
     recs = [b"", b"abc", bytes(range(256)) * 40]
-    offsets = tfrecord.write_records(path, recs)
+    offsets = we.write_records(path, recs)
     assert offsets == [0, 16, 35] and list(tfrecord.iter_records(path)) == list(zip(offsets, recs, strict=True))
     raw = bytearray(open(path, "rb").read())
     bad = str(tmp_path / "bad.tfrecord")
@@ -79,11 +80,11 @@ def test_wire_format_skips_unknown_fields_and_accepts_packed():
         cals = {c.name: c for c in frame.context.camera_calibrations}
         ref = wf.calibration("pinhole_side_left")
         assert cals[4] == ref and len(ref.intrinsic) == 9 and len(ref.extrinsic) == 16
-    split = wp.encode_frame(wp.Frame(wp.Context("", ()), -5, ()))  # negative int64, merged context chunks
-    merged = wp.parse_frame(split + wp.field_bytes(1, wp.field_bytes(1, b"late_name")))
+    split = we.encode_frame(wp.Frame(wp.Context("", ()), -5, ()))  # negative int64, merged context chunks
+    merged = wp.parse_frame(split + we.field_bytes(1, we.field_bytes(1, b"late_name")))
     assert merged.timestamp_micros == -5 and merged.context.name == "late_name"
     with pytest.raises(wp.ProtoError, match="field 4 declares"):
-        wp.parse_frame(wp.encode_key(4, wp.WT_BYTES) + wp.encode_varint(100) + b"x")
+        wp.parse_frame(we.encode_key(4, wp.WT_BYTES) + we.encode_varint(100) + b"x")
 
 
 def test_wire_format_agrees_with_protobuf_runtime():

@@ -13,10 +13,10 @@ import os
 import numpy as np
 from PIL import Image
 
-from cosmos_jax.data import tfrecord
 from cosmos_jax.data import waymo_proto as wp
 from cosmos_jax.data.layout import WAYMO_CAMERA_ENUM, WAYMO_SOURCE_NAMES
 from cosmos_jax.rig import VIEW_KEYS
+from tests.data import waymo_encode as we
 
 SCALE = 0.05  # of Waymo's 1920-pixel width
 SIZES = {v: ((96, 64) if "front" in v else (96, 44)) for v in VIEW_KEYS}  # (W, H)
@@ -54,27 +54,27 @@ def jpeg(f: int, ci: int, w: int, h: int) -> bytes:
 
 def unknown_fields(rng: np.random.Generator, laser_bytes: int) -> bytes:
     """Fields camera preparation must skip: pose (3), a big `lasers` (5), laser_labels (6), a fixed32, a group."""
-    return (wp.field_bytes(3, wp.encode_transform(np.eye(4).ravel().tolist()))
-            + wp.field_bytes(5, wp.field_varint(1, 1) + wp.field_bytes(2, rng.bytes(laser_bytes)))
-            + wp.field_bytes(6, wp.field_varint(3, 7) + wp.field_bytes(1, b"label"))
-            + wp.encode_key(12, wp.WT_FIXED32) + b"\x01\x02\x03\x04"
-            + wp.encode_key(13, wp.WT_START_GROUP) + wp.field_varint(1, 5) + wp.encode_key(13, wp.WT_END_GROUP))
+    return (we.field_bytes(3, we.encode_transform(np.eye(4).ravel().tolist()))
+            + we.field_bytes(5, we.field_varint(1, 1) + we.field_bytes(2, rng.bytes(laser_bytes)))
+            + we.field_bytes(6, we.field_varint(3, 7) + we.field_bytes(1, b"label"))
+            + we.encode_key(12, wp.WT_FIXED32) + b"\x01\x02\x03\x04"
+            + we.encode_key(13, wp.WT_START_GROUP) + we.field_varint(1, 5) + we.encode_key(13, wp.WT_END_GROUP))
 
 
 def frame_record(context_name: str, f: int, rng: np.random.Generator, *, packed: bool = False,
                  laser_bytes: int = 0, drop_view: str | None = None) -> bytes:
     cals = tuple(calibration(v) for v in VIEW_KEYS)
-    ctx = wp.encode_context(wp.Context(context_name, cals), packed)
-    ctx += wp.field_bytes(4, wp.field_bytes(1, b"Day") + wp.field_bytes(2, b"location_sf"))  # stats: skipped
-    out = wp.field_bytes(1, ctx) + wp.field_varint(2, 1_550_000_000_000_000 + 100_000 * f)
+    ctx = we.encode_context(wp.Context(context_name, cals), packed)
+    ctx += we.field_bytes(4, we.field_bytes(1, b"Day") + we.field_bytes(2, b"location_sf"))  # stats: skipped
+    out = we.field_bytes(1, ctx) + we.field_varint(2, 1_550_000_000_000_000 + 100_000 * f)
     out += unknown_fields(rng, laser_bytes)
     for ci, view in enumerate(VIEW_KEYS):
         if view == drop_view:
             continue
         w, h = SIZES[view]
-        img = wp.encode_camera_image(wp.CameraImage(WAYMO_CAMERA_ENUM[WAYMO_SOURCE_NAMES[view]], jpeg(f, ci, w, h)))
-        img += wp.field_bytes(3, wp.encode_transform([0.0] * 16)) + wp.field_doubles(5, [1.5])  # pose, timestamp
-        out += wp.field_bytes(4, img)
+        img = we.encode_camera_image(wp.CameraImage(WAYMO_CAMERA_ENUM[WAYMO_SOURCE_NAMES[view]], jpeg(f, ci, w, h)))
+        img += we.field_bytes(3, we.encode_transform([0.0] * 16)) + we.field_doubles(5, [1.5])  # pose, timestamp
+        out += we.field_bytes(4, img)
     return out
 
 
@@ -82,4 +82,4 @@ def write_segment(path: str, context_name: str, frames: int = 12, seed: int = 0,
     """Write a segment file; returns the byte offset of each record."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     rng = np.random.default_rng(seed)
-    return tfrecord.write_records(path, [frame_record(context_name, f, rng, **kw) for f in range(frames)])
+    return we.write_records(path, [frame_record(context_name, f, rng, **kw) for f in range(frames)])

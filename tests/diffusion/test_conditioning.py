@@ -103,12 +103,6 @@ def test_text_dropout_per_sample_across_views():
     np.testing.assert_array_equal(np.asarray(cd.text_dropout(jax.random.key(5), text, 0.0)), np.asarray(text))
 
 
-def test_latent_view_indices_pick_frames_0_1_9_17():
-    f = jnp.arange(57)[None, None, :] * jnp.ones((1, 2, 1), jnp.int32)
-    lat = np.asarray(cd.latent_view_indices(f, 8))
-    np.testing.assert_array_equal(lat[0, 0], [0, 1, 9, 17, 25, 33, 41, 49])
-
-
 def test_denoise_with_condition_replaces_region_and_uses_augmented_input():
     captured = {}
 
