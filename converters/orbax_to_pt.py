@@ -29,10 +29,10 @@ def _orbax_dir(src: str) -> str | None:
 def _lora_scale(src: str, state) -> float:
     """alpha / rank of a LoRA job (from its config.json); 0 for a full fine-tune."""
     from cosmos_jax import checkpoint, lora
-    from cosmos_jax import train_state as ts
     from cosmos_jax.models import build
+    from cosmos_jax.weights import tree
 
-    if not lora.has_lora(ts.flat(state["params"])):
+    if not lora.has_lora(tree.flat(state["params"])):
         return 0.0
     orbax = _orbax_dir(src)
     cfg = build.dit_config(checkpoint.job_config(os.path.dirname(os.path.abspath(orbax))))
@@ -76,7 +76,7 @@ def export_base(src: str, dst: str) -> str:
 
     from converters import keymap, pt_io
     from cosmos_jax import base_weights
-    from cosmos_jax import train_state as ts
+    from cosmos_jax.weights import tree
 
     meta = base_weights.read_meta(src)
     n = meta["num_blocks"]
@@ -87,7 +87,7 @@ def export_base(src: str, dst: str) -> str:
     ckptr = ocp.PyTreeCheckpointer()
 
     def load(folder: str) -> dict:
-        return {p[1:]: np.asarray(a) for p, a in ts.flat(ckptr.restore(os.path.abspath(os.path.join(src, folder))))
+        return {p[1:]: np.asarray(a) for p, a in tree.flat(ckptr.restore(os.path.abspath(os.path.join(src, folder))))
                 .items()}
 
     os.makedirs(dst, exist_ok=True)

@@ -38,7 +38,8 @@ import numpy as np
 
 from converters.keymap import StrictLoadError
 from converters.pt_reader import PtFormatError, PtIndex
-from cosmos_jax.models import t5, t5_weights, variables
+from cosmos_jax.models import t5, t5_weights
+from cosmos_jax.weights import tree
 
 log = logging.getLogger("t5_to_orbax")
 
@@ -246,7 +247,7 @@ def weight_files(src: str) -> list[str]:
 
 def plan(cfg: t5.T5Config, ckpt: Checkpoint) -> tuple[dict[str, tuple[str, str, bool]], list[str], int]:
     """({our path: (source key, HF table key, transpose)}, problems, ignored count), from the shapes alone."""
-    shapes = {k: tuple(v.get_value().shape) for k, v in variables.flat_vars(t5.abstract(cfg), dotted=True).items()}
+    shapes = {k: tuple(v.get_value().shape) for k, v in tree.flat_vars(t5.abstract(cfg), dotted=True).items()}
     table = t5.hf_key_map(cfg)
     keys = ckpt.entries
     problems = list(ckpt.problems)

@@ -26,7 +26,7 @@ import numpy as np
 from converters.keymap import StrictLoadError
 from converters.pt_io import tensor_to_numpy
 from cosmos_jax.models import cosmos_tokenizer as ct
-from cosmos_jax.models import variables
+from cosmos_jax.weights import tree
 
 JIT_FILES = {"encoder": "encoder.jit", "decoder": "decoder.jit"}
 
@@ -117,8 +117,8 @@ def convert(src: str, dst: str, cfg: ct.Cosmos8x8x8Config | None = None, overwri
     paths = {side: os.path.join(src, f) for side, f in JIT_FILES.items()}
     states = {side: read_jit_state(p) for side, p in paths.items()}
     mean_std = read_mean_std(os.path.join(src, "mean_std.pt"), cfg.latent_channels)
-    tree, dropped = convert_states(states, mean_std, cfg, sources=paths)
-    flat = {side: variables.flatten_dotted(tree[side]) for side in ("encoder", "decoder")}
+    out, dropped = convert_states(states, mean_std, cfg, sources=paths)
+    flat = {side: tree.flat(out[side], dotted=True) for side in ("encoder", "decoder")}
     dtypes = sorted({str(a.dtype) for side in flat for a in flat[side].values()})
     os.makedirs(dst, exist_ok=True)
     marker = os.path.join(dst, "meta.json")
@@ -128,15 +128,15 @@ def convert(src: str, dst: str, cfg: ct.Cosmos8x8x8Config | None = None, overwri
     if os.path.exists(state_dir):
         shutil.rmtree(state_dir)
     ckptr = ocp.StandardCheckpointer()
-    ckptr.save(state_dir, tree)
+    ckptr.save(state_dir, out)
     ckptr.wait_until_finished()
     with open(marker + ".tmp", "w") as f:
         json.dump({"format": ct.FORMAT, "config": cfg.architecture(), "source": os.path.abspath(src),
-                   "dtypes": dtypes, "mean_std_shape": list(tree["mean"].shape)}, f, indent=2)
+                   "dtypes": dtypes, "mean_std_shape": list(out["mean"].shape)}, f, indent=2)
     os.replace(marker + ".tmp", marker)
     n = {side: len(flat[side]) for side in flat}
     return {"src": src, "dst": dst, "encoder_tensors": n["encoder"], "decoder_tensors": n["decoder"],
-            "dropped": len(dropped), "mean_std": "x".join(map(str, tree["mean"].shape)), "dtypes": ",".join(dtypes),
+            "dropped": len(dropped), "mean_std": "x".join(map(str, out["mean"].shape)), "dtypes": ",".join(dtypes),
             "seconds": round(time.time() - t0, 2)}
 
 

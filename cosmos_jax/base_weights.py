@@ -23,7 +23,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cosmos_jax import train_state as ts
+from cosmos_jax.weights import tree
 
 FORMAT = "cosmos_jax.base_weights/1"
 BLOCKS = ("net", "blocks")
@@ -47,10 +47,10 @@ def write(dst: str, rest: dict[tuple[str, ...], np.ndarray], blocks: Iterable[di
     marker = os.path.join(dst, "meta.json")
     if os.path.exists(marker):
         os.remove(marker)  # an interrupted rewrite must not look complete
-    _save(os.path.join(dst, "rest"), ts.unflat(rest))
+    _save(os.path.join(dst, "rest"), tree.unflat(rest))
     n = 0
     for i, block in enumerate(blocks):
-        _save(os.path.join(dst, f"block_{i:03d}"), ts.unflat(block))
+        _save(os.path.join(dst, f"block_{i:03d}"), tree.unflat(block))
         n += 1
     with open(marker + ".tmp", "w") as f:
         json.dump({"format": FORMAT, "num_blocks": n, **meta}, f, indent=2)
@@ -72,7 +72,7 @@ def read_meta(path: str) -> dict:
 def _item_metadata(path: str) -> dict[tuple[str, ...], tuple[tuple[int, ...], str]]:
     md = ocp.StandardCheckpointer().metadata(os.path.abspath(path))
     md = getattr(md, "item_metadata", md)
-    return {p: (tuple(m.shape), str(m.dtype)) for p, m in ts.flat(dict(md)).items()}
+    return {p: (tuple(m.shape), str(m.dtype)) for p, m in tree.flat(dict(md)).items()}
 
 
 def flat_metadata(path: str) -> dict[tuple[str, ...], tuple[tuple[int, ...], str]]:
@@ -90,11 +90,11 @@ def restore(path: str, target: dict, shardings: dict) -> dict:
     """Restore onto `target` ({"params", "buffers"} of ShapeDtypeStructs) with `shardings`; dtypes are cast to
     the target's. Shapes must already have been checked (checkpoint.load_weights does)."""
     meta = read_meta(path)
-    flat_t, flat_s = ts.flat(target), ts.flat(shardings)
+    flat_t, flat_s = tree.flat(target), tree.flat(shardings)
     rest_keys = [p for p in flat_t if not is_block(p)]
-    rest_target = ts.unflat({p: jax.ShapeDtypeStruct(flat_t[p].shape, flat_t[p].dtype, sharding=flat_s[p])
+    rest_target = tree.unflat({p: jax.ShapeDtypeStruct(flat_t[p].shape, flat_t[p].dtype, sharding=flat_s[p])
                              for p in rest_keys})
-    out = ts.flat(ocp.StandardCheckpointer().restore(os.path.abspath(os.path.join(path, "rest")), rest_target))
+    out = tree.flat(ocp.StandardCheckpointer().restore(os.path.abspath(os.path.join(path, "rest")), rest_target))
     block_keys = [p for p in flat_t if is_block(p)]
 
     def piece_sharding(s: NamedSharding) -> NamedSharding:
@@ -105,11 +105,11 @@ def restore(path: str, target: dict, shardings: dict) -> dict:
     set_block = jax.jit(lambda full, piece, i: jax.lax.dynamic_update_index_in_dim(full, piece.astype(full.dtype),
                                                                                    i, 0), donate_argnums=0)
     for i in range(meta["num_blocks"]):
-        piece_target = ts.unflat({p: jax.ShapeDtypeStruct(flat_t[p].shape[1:], flat_t[p].dtype,
+        piece_target = tree.unflat({p: jax.ShapeDtypeStruct(flat_t[p].shape[1:], flat_t[p].dtype,
                                                           sharding=piece_sharding(flat_s[p])) for p in block_keys})
-        pieces = ts.flat(ocp.StandardCheckpointer().restore(
+        pieces = tree.flat(ocp.StandardCheckpointer().restore(
             os.path.abspath(os.path.join(path, f"block_{i:03d}")), piece_target))
         for p in block_keys:
             stacked[p] = set_block(stacked[p], pieces[p], i)
     out.update(stacked)
-    return ts.unflat(out)
+    return tree.unflat(out)

@@ -22,6 +22,7 @@ import orbax.checkpoint as ocp
 from cosmos_jax import base_weights, sharding
 from cosmos_jax import train_state as ts
 from cosmos_jax.export import export_paths
+from cosmos_jax.weights import tree
 
 log = logging.getLogger(__name__)
 
@@ -200,8 +201,7 @@ def export_pt(state, num_blocks: int, out_dir: str, step: int, lora_scale: float
 
 def save_weights(path: str, params: dict, buffers: dict, meta: dict | None = None) -> None:
     """Write base weights (the converter's format, cosmos_jax/base_weights.py) from model trees."""
-    tree = jax.device_get({"params": params, "buffers": buffers})
-    flat = ts.flat(tree)
+    flat = tree.flat(jax.device_get({"params": params, "buffers": buffers}))
     rest = {p: np.asarray(a) for p, a in flat.items() if not base_weights.is_block(p)}
     stacked = {p: np.asarray(a) for p, a in flat.items() if base_weights.is_block(p)}
     n = next(iter(stacked.values())).shape[0] if stacked else 0
@@ -238,18 +238,18 @@ def load_weights(path: str, abstract_state, shardings) -> tuple[dict, dict]:
     stored_flat = {p[1:]: s for p, s in stored.items()}  # model paths
     where, want, shard = {}, {}, {}  # model path -> ("params" | "buffers"), abstract leaf, sharding
     for top in ("params", "buffers"):
-        leaves, shs = ts.flat(abstract_state[top]), ts.flat(shardings[top])
+        leaves, shs = tree.flat(abstract_state[top]), tree.flat(shardings[top])
         for p, a in leaves.items():
             if p[-1] not in ("lora_a", "lora_b"):
                 where[p], want[p], shard[p] = top, a, shs[p]
     check_strict(path, stored_flat, {p: tuple(a.shape) for p, a in want.items()})
-    target = ts.unflat({p: jax.ShapeDtypeStruct(stored[p], want[p[1:]].dtype) for p in stored})
-    sh = ts.unflat({p: shard[p[1:]] for p in stored})
-    restored = ts.flat(base_weights.restore(path, target, sh))
+    target = tree.unflat({p: jax.ShapeDtypeStruct(stored[p], want[p[1:]].dtype) for p in stored})
+    sh = tree.unflat({p: shard[p[1:]] for p in stored})
+    restored = tree.flat(base_weights.restore(path, target, sh))
     out = {"params": {}, "buffers": {}}
     for p, a in restored.items():
         out[where[p[1:]]][p[1:]] = a
-    return ts.unflat(out["params"]), ts.unflat(out["buffers"])
+    return tree.unflat(out["params"]), tree.unflat(out["buffers"])
 
 
 def restore_job_weights(job_or_orbax_dir: str, step: int | None = None) -> tuple[int, dict]:
@@ -269,12 +269,12 @@ def restore_job_weights(job_or_orbax_dir: str, step: int | None = None) -> tuple
     item = jax.tree.map(lambda m: np.zeros((), np.float32), {k: md[k] for k in ("params", "buffers", "ema")
                                                               if k in md})
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
-    tree = ckptr.restore(state_dir, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args,
-                                                                partial_restore=True))
-    if "buffers" not in tree:  # a LoRA job: the frozen base comes from its load_path (or its seed)
+    weights = ckptr.restore(state_dir, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args,
+                                                                   partial_restore=True))
+    if "buffers" not in weights:  # a LoRA job: the frozen base comes from its load_path (or its seed)
         job = os.path.dirname(root)
-        tree["buffers"] = sharding.to_host(lora_base(job_config(job), mesh=None))
-    return step, tree
+        weights["buffers"] = sharding.to_host(lora_base(job_config(job), mesh=None))
+    return step, weights
 
 
 def job_config(job_dir: str):

@@ -31,7 +31,7 @@ import numpy as np
 
 from converters import keymap, pt_io
 from cosmos_jax import offload
-from cosmos_jax import train_state as ts
+from cosmos_jax.weights import tree
 
 REG_DTYPE = np.dtype(ml_dtypes.bfloat16)
 EMA_DTYPE = np.dtype(np.float32)
@@ -46,9 +46,9 @@ def export_paths(out_dir: str, step: int) -> tuple[str, str]:
 
 def _sources(state) -> tuple[dict, dict]:
     """({path: leaf} the reg file is made of, the same for the EMA file); adapters (lora_a, lora_b) included."""
-    buffers = ts.flat(state.get("buffers", {}))
-    reg = {**ts.flat(state["params"]), **buffers}
-    return reg, ({**ts.flat(state["ema"]), **buffers} if "ema" in state else None)
+    buffers = tree.flat(state.get("buffers", {}))
+    reg = {**tree.flat(state["params"]), **buffers}
+    return reg, ({**tree.flat(state["ema"]), **buffers} if "ema" in state else None)
 
 
 def _table(src: dict, num_blocks: int) -> list[tuple[str, keymap.Entry, int | None, tuple[int, ...]]]:

@@ -25,6 +25,7 @@ from cosmos_jax.diffusion import conditioning
 from cosmos_jax.diffusion import denoise as dn
 from cosmos_jax.models import build
 from cosmos_jax.samples import ViewExtender
+from cosmos_jax.weights import tree
 
 # Upstream's 6-view inference rig: names, view-embedding rows, frame repeat, the 2x3 grid order [1, 0, 2, 4, 3, 5].
 SIX_VIEWS = ("front", "front_left", "front_right", "back", "back_left", "back_right")
@@ -96,9 +97,9 @@ def load(checkpoint_path: str, weights: str = "ema", config=None) -> Loaded:
     if os.path.isfile(os.path.join(job, "config.json")) and os.path.isdir(os.path.join(job, "orbax")):
         with open(os.path.join(job, "config.json")) as f:
             config = ml_collections.ConfigDict(json.load(f))
-        step, tree = checkpoint.restore_job_weights(job)
-        params, source = tree["ema" if weights == "ema" else "params"], f"{job} step {step} ({weights})"
-        buffers = tree["buffers"]
+        step, job_tree = checkpoint.restore_job_weights(job)
+        params, source = job_tree["ema" if weights == "ema" else "params"], f"{job} step {step} ({weights})"
+        buffers = job_tree["buffers"]
     else:
         if config is None:
             raise ValueError(f"{checkpoint_path}: not a job directory; give --config for its network")
@@ -106,7 +107,7 @@ def load(checkpoint_path: str, weights: str = "ema", config=None) -> Loaded:
         if os.path.isfile(os.path.join(path, "meta.json")):
             from cosmos_jax import base_weights
 
-            flat = {p: np.asarray(a) for p, a in ts.flat(_restore_base(path, cfg, base_weights)).items()}
+            flat = {p: np.asarray(a) for p, a in tree.flat(_restore_base(path, cfg, base_weights)).items()}
         elif path.endswith((".pt", ".pth")) and os.path.isfile(path):
             from converters import keymap
             from converters import load as pt_load
@@ -117,8 +118,8 @@ def load(checkpoint_path: str, weights: str = "ema", config=None) -> Loaded:
         else:
             raise FileNotFoundError(f"{checkpoint_path}: expected a job directory, converted base weights "
                                     "(meta.json) or a .pt file")
-        tree = ts.unflat(flat)
-        params, buffers, source = tree["params"], tree["buffers"], path
+        nested = tree.unflat(flat)
+        params, buffers, source = nested["params"], nested["buffers"], path
     graphdef, p_abs, b_abs = ts.split(build.abstract(build.dit_config(config)))
     params = jax.tree.map(lambda a, t: jnp.asarray(a, t.dtype), params, p_abs)
     buffers = jax.tree.map(lambda a, t: jnp.asarray(a, t.dtype), buffers, b_abs)

@@ -17,6 +17,7 @@ import jax
 from cosmos_jax import checkpoint, lora, sharding
 from cosmos_jax import train_state as ts
 from cosmos_jax.utils import memory
+from cosmos_jax.weights import tree
 
 log = logging.getLogger("cosmos_jax.train")
 
@@ -49,21 +50,22 @@ def fresh_state(config, cfg_dit, tx, mesh, abstract, shardings) -> dict:
 
 def job_weights(job_dir: str, abstract, shardings) -> tuple[dict, dict]:
     """A full-fine-tune job's latest regular params and buffers, placed on this state's shardings."""
-    step, tree = checkpoint.restore_job_weights(job_dir)
-    if lora.has_lora(ts.flat(tree["params"])):
+    step, job_tree = checkpoint.restore_job_weights(job_dir)
+    if lora.has_lora(tree.flat(job_tree["params"])):
         raise FileNotFoundError(f"checkpoint.load_path={job_dir} is a LoRA job; use its merged export as the base: "
                                 f"python -m converters.dit_to_orbax --src {job_dir}/checkpoints/"
                                 f"iter_{step:09d}_reg_model.pt --dst DIR")
     # where each upstream tensor lives in this state (a LoRA state keeps the base kernels in `buffers`)
-    where = {p: top for top in ("params", "buffers") for p in ts.flat(abstract[top]) if p[-1] not in lora.LORA_LEAVES}
-    want = {p: tuple(a.shape) for top in ("params", "buffers") for p, a in ts.flat(abstract[top]).items() if p in where}
-    flat_sh = {**ts.flat(shardings["params"]), **ts.flat(shardings["buffers"])}
-    stored = {p: a for top in ("params", "buffers") for p, a in ts.flat(tree[top]).items()}
+    where = {p: top for top in ("params", "buffers") for p in tree.flat(abstract[top]) if p[-1] not in lora.LORA_LEAVES}
+    want = {p: tuple(a.shape) for top in ("params", "buffers") for p, a in tree.flat(abstract[top]).items()
+            if p in where}
+    flat_sh = {**tree.flat(shardings["params"]), **tree.flat(shardings["buffers"])}
+    stored = {p: a for top in ("params", "buffers") for p, a in tree.flat(job_tree[top]).items()}
     checkpoint.check_strict(f"{job_dir} step {step}", {p: a.shape for p, a in stored.items()}, want)
     out = {"params": {}, "buffers": {}}
     for p, a in stored.items():
         out[where[p]][p] = jax.device_put(a, flat_sh[p])
-    out = {top: ts.unflat(t) for top, t in out.items()}
+    out = {top: tree.unflat(t) for top, t in out.items()}
     log.info("base weights: %s step %d (regular weights)", job_dir, step)
     return out["params"], out["buffers"]
 
@@ -122,7 +124,7 @@ class Phases:
                                         self.ckpt.last_complete())
             export.export_pt(state, self.cfg.num_blocks, self.out_dir, step, lora_scale=scale)
             if self.cfg.lora_rank:
-                adapters = ts.flat(sharding.to_host(state["params"]))
+                adapters = tree.flat(sharding.to_host(state["params"]))
                 if jax.process_index() == 0:
                     lora.export_adapters(adapters, self.cfg.num_blocks,
                                          os.path.join(self.out_dir, f"iter_{step:09d}_lora"), self.cfg.lora_rank,

@@ -26,6 +26,7 @@ from converters import keymap, pt_io  # noqa: E402
 from cosmos_jax import train_state as ts  # noqa: E402
 from cosmos_jax.models import build  # noqa: E402
 from cosmos_jax.models.dit import DiffusionNet  # noqa: E402
+from cosmos_jax.weights import tree  # noqa: E402
 
 config_flags.DEFINE_config_file("config", "configs/waymo.py", "config whose network is made")
 flags.DEFINE_string("dst", None, "output .pt", required=True)
@@ -45,7 +46,7 @@ def make(config, dst: str, dtype: str = "bfloat16", seed: int = 0, perturb: floa
     def init():
         with nnx.use_eager_sharding(False):
             _, params, buffers = ts.split(DiffusionNet(cfg, rngs=nnx.Rngs(seed)))
-        return {**ts.flat(params), **ts.flat(buffers)}
+        return {**tree.flat(params), **tree.flat(buffers)}
 
     t = time.time()
     flat = jax.jit(init)()

@@ -18,6 +18,7 @@ from converters.pt_reader import PtIndex
 from cosmos_jax import checkpoint, export, lora, optim, sharding
 from cosmos_jax import train_state as ts
 from cosmos_jax.models import build
+from cosmos_jax.weights import tree
 
 TARGETS = ("to_q", "to_k", "to_v", "to_out", "layer1", "layer2")
 SERIAL = ".data/serialization_id"  # random per file, as torch's
@@ -41,8 +42,8 @@ def make_state(c, fsdp: int = 1, seed: int = 0):
     rng = np.random.default_rng(seed)
     out = dict(state)
     for top in ("params", "buffers", "ema"):
-        flat, sh = ts.flat(state[top]), ts.flat(shardings[top])
-        out[top] = ts.unflat({p: jax.device_put(np.asarray(rng.standard_normal(a.shape) * 0.3, np.float32)
+        flat, sh = tree.flat(state[top]), tree.flat(shardings[top])
+        out[top] = tree.unflat({p: jax.device_put(np.asarray(rng.standard_normal(a.shape) * 0.3, np.float32)
                                                 .astype(a.dtype), sh[p]) for p, a in flat.items()})
     return cfg, abstract, out
 
@@ -50,8 +51,8 @@ def make_state(c, fsdp: int = 1, seed: int = 0):
 def reference(state, num_blocks, lora_scale):
     """Today's algorithm (the whole state on host): lora.merge + keymap.to_torch + numpy casts."""
     host = sharding.to_host({"params": state["params"], "buffers": state["buffers"], "ema": state["ema"]})
-    buffers = ts.flat(host["buffers"])
-    reg_tree, ema_tree = {**ts.flat(host["params"]), **buffers}, {**ts.flat(host["ema"]), **buffers}
+    buffers = tree.flat(host["buffers"])
+    reg_tree, ema_tree = {**tree.flat(host["params"]), **buffers}, {**tree.flat(host["ema"]), **buffers}
     if lora.has_lora(reg_tree):
         reg_tree, ema_tree = lora.merge(reg_tree, lora_scale), lora.merge(ema_tree, lora_scale)
     reg = {k: np.asarray(v, np.float32).astype(ml_dtypes.bfloat16)
@@ -73,8 +74,8 @@ def full():
 @pytest.fixture(scope="module")
 def lora_state():
     cfg, abstract, state = make_state(config(lora_rank=4))
-    assert ts.flat(state["buffers"])[("net", "blocks", "fa", "attn", "to_q", "kernel")].dtype == jnp.bfloat16
-    b = ts.flat(state["params"])[("net", "blocks", "mlp", "mlp", "layer1", "lora_b")]
+    assert tree.flat(state["buffers"])[("net", "blocks", "fa", "attn", "to_q", "kernel")].dtype == jnp.bfloat16
+    b = tree.flat(state["params"])[("net", "blocks", "mlp", "mlp", "layer1", "lora_b")]
     assert np.any(np.asarray(b))  # non-zero adapters: the merge matters
     return cfg, abstract, state
 
@@ -88,7 +89,9 @@ def test_bit_identical_to_whole_state_export(which, request, tmp_path):
     assert os.path.basename(ema_path) == "iter_000000007_ema_model.pt"
     reg, ema = reference(state, cfg.num_blocks, scale)
     if cfg.lora_rank:  # the merge changed the kernels
-        base = {p: a for p, a in ts.model_tree(jax.device_get(state)).items() if p[-1] not in lora.LORA_LEAVES}
+        host = jax.device_get({"params": state["params"], "buffers": state["buffers"]})
+        base = {p: a for top in ("params", "buffers") for p, a in tree.flat(host[top]).items()
+                if p[-1] not in lora.LORA_LEAVES}
         unmerged = keymap.to_torch(base, cfg.num_blocks)
         key = "net.blocks.block1.blocks.2.block.layer1.weight"
         assert not np.array_equal(np.asarray(unmerged[key], np.float32), np.asarray(ema[key], np.float32))
@@ -194,7 +197,7 @@ def test_sharded_and_host_states_export_the_same_bytes(which, request, tmp_path)
     _, _, two = make_state(c, fsdp=2)  # the same layout on a 2-device fsdp mesh, then the same values
     two = {top: jax.tree.map(lambda a, b: jax.device_put(np.asarray(a), b.sharding), state[top], two[top])
            for top in ("params", "buffers", "ema")}
-    to_q = ts.flat(two["ema"])[("net", "blocks", "fa", "attn", "to_q", "lora_a" if cfg.lora_rank else "kernel")]
+    to_q = tree.flat(two["ema"])[("net", "blocks", "fa", "attn", "to_q", "lora_a" if cfg.lora_rank else "kernel")]
     assert len(to_q.sharding.device_set) == 2
     host = jax.device_get({top: state[top] for top in ("params", "buffers", "ema")})  # restore_job_weights' form
     scale = cfg.lora_alpha / cfg.lora_rank if cfg.lora_rank else 0.0

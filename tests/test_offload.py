@@ -13,6 +13,7 @@ from cosmos_jax import step as step_lib
 from cosmos_jax import train_state as ts
 from cosmos_jax.models import build
 from cosmos_jax.models import tokenizer as tok
+from cosmos_jax.weights import tree
 
 BOTH = ("opt_state", "ema")
 
@@ -59,7 +60,7 @@ def kinds(tree):
 
 def assert_same_state(a, b, rtol):
     for part in ("params", "ema"):
-        for (p, x), y in zip(ts.flat(a[part]).items(), ts.flat(b[part]).values(), strict=True):
+        for (p, x), y in zip(tree.flat(a[part]).items(), tree.flat(b[part]).values(), strict=True):
             np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=1e-7, err_msg=f"{part} {p}")
     for x, y in zip(jax.tree.leaves(a["opt_state"]), jax.tree.leaves(b["opt_state"]), strict=True):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=1e-12)
@@ -80,8 +81,8 @@ def test_offloaded_steps_match_the_plain_step(mesh_spec, lora):
     # the EMA moved away from the weights and the weights from their start: the comparison is not vacuous
     start = ts.create(build.dit_config(tiny((), lora)), optim.make(tiny()), mesh,
                       ts.layout(build.dit_config(tiny((), lora)), optim.make(tiny()), mesh)[2])
-    k = next(iter(ts.flat(plain["params"])))
-    assert not np.allclose(np.asarray(ts.flat(plain["params"])[k]), np.asarray(ts.flat(start["params"])[k]))
+    k = next(iter(tree.flat(plain["params"])))
+    assert not np.allclose(np.asarray(tree.flat(plain["params"])[k]), np.asarray(tree.flat(start["params"])[k]))
 
 
 def test_only_the_ema_offloaded():

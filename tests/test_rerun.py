@@ -16,6 +16,7 @@ from configs import demo
 from cosmos_jax import checkpoint, config_check, job, sharding, train
 from cosmos_jax import train_state as ts
 from cosmos_jax.models import build
+from cosmos_jax.weights import tree
 from tests.data import fixtures as fx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,7 +62,7 @@ def base_weights(c, path, dtype):
                                        0.02 * rng.standard_normal(a.shape)).astype(dtype), t)
     params, buffers = cast(params), cast(buffers)
     checkpoint.save_weights(path, params, buffers)
-    return {p: np.asarray(a, np.float32) for p, a in ts.flat(params).items()}
+    return {p: np.asarray(a, np.float32) for p, a in tree.flat(params).items()}
 
 
 def config_without_lora(c):
@@ -106,7 +107,7 @@ def test_donated_steps_after_base_weights(mode, tmp_path):
         c.checkpoint.load_path = path
         with sharding.activate(mesh):
             state = fresh_state(c, cfg, tx, mesh, abstract, sh)
-            loaded = np.asarray(ts.flat(state["buffers" if mode == "lora" else "params"])[k], np.float32)
+            loaded = np.asarray(tree.flat(state["buffers" if mode == "lora" else "params"])[k], np.float32)
             np.testing.assert_array_equal(loaded, base[k].astype(dtype).astype(np.float32))
             for i in range(2):  # donated: fails with "donate the same buffer twice" if params and EMA alias
                 state, m = step(state, sharding.put_batch(host, batch_sh, 1), jax.random.key(i))
@@ -152,8 +153,8 @@ def test_lora_job_resumes_without_storing_the_base(lora_job):
     for step in (2, 3):  # the frozen base is not in the checkpoints
         md = checkpoint.ocp.PyTreeCheckpointer().metadata(os.path.join(jdir, "orbax", str(step), "state"))
         assert sorted(dict(getattr(md, "item_metadata", md))) == ["ema", "opt_state", "params", "step"]
-    _, tree = checkpoint.restore_job_weights(jdir)  # generate and orbax_to_pt re-read it from load_path
-    got = tree["buffers"]["net"]["blocks"]["fa"]["attn"]["to_q"]["kernel"]
+    _, restored = checkpoint.restore_job_weights(jdir)  # generate and orbax_to_pt re-read it from load_path
+    got = restored["buffers"]["net"]["blocks"]["fa"]["attn"]["to_q"]["kernel"]
     want = base_weights(c, str(root / "again"), ml_dtypes.bfloat16)[("net", "blocks", "fa", "attn", "to_q", "kernel")]
     np.testing.assert_array_equal(np.asarray(got, np.float32), want.astype(ml_dtypes.bfloat16).astype(np.float32))
     rows = [json.loads(line) for line in open(os.path.join(jdir, "metrics.jsonl"))]
@@ -299,8 +300,8 @@ def test_load_path_may_be_a_full_fine_tune_job(tmp_path, target):
     _, abstract, tsh = ts.layout(tcfg, ttx, mesh, seed=0)
     state = fresh_state(t, tcfg, ttx, mesh, abstract, tsh)
     k = ("net", "blocks", "fa", "attn", "to_q", "kernel")
-    got = ts.flat(state["buffers" if target == "lora" else "params"])[k]
-    np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(ts.flat(src["params"])[k], np.float32))
+    got = tree.flat(state["buffers" if target == "lora" else "params"])[k]
+    np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(tree.flat(src["params"])[k], np.float32))
     bad = t.copy_and_resolve_references()
     bad.model.num_blocks = 2
     bcfg, btx = build.dit_config(bad), optim.make(bad)

@@ -13,6 +13,7 @@ from converters import keymap
 from cosmos_jax import checkpoint, optim, sharding
 from cosmos_jax import train_state as ts
 from cosmos_jax.models import build
+from cosmos_jax.weights import tree
 from tests.data import fixtures as fx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -133,8 +134,8 @@ def test_base_weights_start_reg_and_ema(layout, tmp_path):
     p, b = checkpoint.load_weights(str(tmp_path / "base"), abstract, shardings)
     state = ts.with_weights(state, p, b, shardings)
     k = ("net", "x_embedder", "kernel")
-    np.testing.assert_array_equal(ts.flat(state["params"])[k], ts.flat(params)[k])
-    np.testing.assert_array_equal(ts.flat(state["ema"])[k], ts.flat(params)[k])
+    np.testing.assert_array_equal(tree.flat(state["params"])[k], tree.flat(params)[k])
+    np.testing.assert_array_equal(tree.flat(state["ema"])[k], tree.flat(params)[k])
 
 
 @pytest.mark.parametrize("edit,msg", [

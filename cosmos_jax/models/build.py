@@ -6,8 +6,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from cosmos_jax.models import variables
 from cosmos_jax.models.dit import DiffusionNet, DiTConfig
+from cosmos_jax.weights import tree
 
 
 def dit_config(config) -> DiTConfig:
@@ -37,7 +37,7 @@ def abstract(cfg: DiTConfig) -> DiffusionNet:
 
 def _base_vars(model: nnx.Module):
     """Every Param and Buffer but LoRA adapters (the upstream network's tensors)."""
-    return variables.flat_vars(model, exclude=(nnx.LoRAParam,)).items()
+    return tree.flat_vars(model, exclude=(nnx.LoRAParam,)).items()
 
 
 def flat_shapes(model: nnx.Module) -> dict[tuple[str, ...], tuple[int, ...]]:
@@ -50,7 +50,7 @@ def flat_arrays(model: nnx.Module) -> dict[tuple[str, ...], np.ndarray]:
     return {p: np.asarray(jax.device_get(v.get_value())) for p, v in _base_vars(model)}
 
 
-def load_flat(model: nnx.Module, tree: dict[tuple[str, ...], np.ndarray]) -> None:
+def load_flat(model: nnx.Module, arrays: dict[tuple[str, ...], np.ndarray]) -> None:
     """Write {path: array} into the model in place (paths and shapes must match exactly; LoRA adapters keep their
     values)."""
-    variables.fill(model, tree, "DiT weights", exclude=(nnx.LoRAParam,))
+    tree.fill(model, arrays, "DiT weights", exclude=(nnx.LoRAParam,))

@@ -27,7 +27,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from cosmos_jax.models import variables
 from cosmos_jax.models.cosmos_tokenizer_layers import (
     CausalConv3d,
     CausalNormalize,
@@ -42,6 +41,7 @@ from cosmos_jax.models.cosmos_tokenizer_layers import (
     run,
     swish,
 )
+from cosmos_jax.weights import tree
 
 FORMAT = "cosmos_jax.cosmos_tokenizer/1"
 # Constant buffers of the JIT files (the Haar filters): dropped by the converter.
@@ -229,7 +229,7 @@ def torch_key_table(cfg: Cosmos8x8x8Config) -> dict[str, dict[str, tuple[str, tu
     """{"encoder"|"decoder": {torch key: (our dotted path, torch shape)}} for the JIT file of that side."""
     out = {}
     for side, model in zip(("encoder", "decoder"), abstract(cfg), strict=True):
-        shapes = {p: tuple(v.get_value().shape) for p, v in variables.flat_vars(model, dotted=True).items()}
+        shapes = {p: tuple(v.get_value().shape) for p, v in tree.flat_vars(model, dotted=True).items()}
         table = {}
         for path, shape in shapes.items():
             mod, leaf = path.rsplit(".", 1)
@@ -280,9 +280,9 @@ def load(checkpoint_dir: str, dtype: str = "bfloat16", **exec_overrides):
     state = ocp.StandardCheckpointer().restore(os.path.abspath(os.path.join(checkpoint_dir, "state")))
     enc, dec = abstract(cfg)
     src = os.path.join(checkpoint_dir, "state")
-    enc = variables.fill(enc, variables.flatten_dotted(state["encoder"]), f"{src} encoder (tokenizer config)",
+    enc = tree.fill(enc, tree.flat(state["encoder"], dotted=True), f"{src} encoder (tokenizer config)",
                          dotted=True, dtype=jnp.dtype(dtype))
-    dec = variables.fill(dec, variables.flatten_dotted(state["decoder"]), f"{src} decoder (tokenizer config)",
+    dec = tree.fill(dec, tree.flat(state["decoder"], dotted=True), f"{src} decoder (tokenizer config)",
                          dotted=True, dtype=jnp.dtype(dtype))
     mean, std = (np.asarray(state[k], np.float32) for k in ("mean", "std"))
     return cfg, enc, dec, mean, std

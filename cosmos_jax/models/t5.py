@@ -27,8 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from cosmos_jax.models import variables
 from cosmos_jax.models.layers import Dense, RMSNorm, normal, param
+from cosmos_jax.weights import tree
 
 PAD_ID = 0
 EOS_ID = 1
@@ -217,7 +217,7 @@ def random_state_dict(cfg: T5Config, seed: int = 0) -> dict[str, np.ndarray]:
     stds = {"q": (D * cfg.d_kv) ** -0.5, "k": D ** -0.5, "v": D ** -0.5, "o": inner ** -0.5,
             "wi": D ** -0.5, "wi_0": D ** -0.5, "wi_1": D ** -0.5, "wo": cfg.d_ff ** -0.5}
     out = {}
-    for path, var in variables.flat_vars(abstract(cfg), dotted=True).items():
+    for path, var in tree.flat_vars(abstract(cfg), dotted=True).items():
         shape = tuple(var.get_value().shape)
         leaf = path.split(".")
         if leaf[-1] == "scale":
@@ -271,13 +271,13 @@ def hf_key_map(cfg: T5Config) -> dict[str, tuple[str, bool]]:
 
 def state_dict(model: T5Encoder) -> dict[str, np.ndarray]:
     """{our dotted path: numpy array} (the layout of `weights.npz` files)."""
-    flat = variables.flat_vars(model, dotted=True)
+    flat = tree.flat_vars(model, dotted=True)
     return {k: np.asarray(jax.device_get(v.get_value())) for k, v in flat.items()}
 
 
 def load_state_dict(model: T5Encoder, arrays: Mapping[str, np.ndarray]) -> T5Encoder:
     """Fill the model in place from {our dotted path: array}; paths and shapes must match exactly."""
-    return variables.fill(model, arrays, "T5 state dict", dotted=True, dtype=jnp.float32)
+    return tree.fill(model, arrays, "T5 state dict", dotted=True, dtype=jnp.float32)
 
 
 def from_hf_state_dict(model: T5Encoder, hf_state: Mapping[str, np.ndarray], *,
@@ -302,7 +302,7 @@ def from_hf_state_dict(model: T5Encoder, hf_state: Mapping[str, np.ndarray], *,
     missing = [k for k in table if k not in state]
     unexpected = [k for k in state if k not in table]
     ours: dict[str, np.ndarray] = {}
-    flat = variables.flat_vars(model, dotted=True)
+    flat = tree.flat_vars(model, dotted=True)
     mis_shaped = []
     for k, (path, transpose) in table.items():
         if k not in state:

@@ -23,7 +23,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from cosmos_jax.models import t5, variables
+from cosmos_jax.models import t5
+from cosmos_jax.weights import tree
 
 FORMAT = "cosmos_jax.t5/1"
 CONFIG = "config.json"
@@ -35,23 +36,11 @@ def block_dir(i: int) -> str:
     return f"block_{i:03d}"
 
 
-def unflat(flat: dict[str, np.ndarray]) -> dict:
-    """{"a.b.c": x} -> {"a": {"b": {"c": x}}}."""
-    out: dict = {}
-    for path, leaf in flat.items():
-        node = out
-        *parents, last = path.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = leaf
-    return out
-
-
 def _save(path: str, flat: dict[str, np.ndarray]) -> None:
     import orbax.checkpoint as ocp
 
     ckptr = ocp.StandardCheckpointer()
-    ckptr.save(os.path.abspath(path), unflat(flat), force=True)
+    ckptr.save(os.path.abspath(path), tree.unflat(flat), force=True)
     ckptr.wait_until_finished()
 
 
@@ -118,7 +107,7 @@ def _restore(path: str, want: dict[str, tuple[int, ...]], param_dtype, device) -
         raise FileNotFoundError(f"{path}: missing (an incomplete converted T5 folder? convert again)")
     ckptr = ocp.StandardCheckpointer()
     md = ckptr.metadata(path)
-    metadata = variables.flatten_dotted(dict(getattr(md, "item_metadata", md)))
+    metadata = tree.flat(dict(getattr(md, "item_metadata", md)), dotted=True)
     stored = {k: (tuple(m.shape), m.dtype) for k, m in metadata.items()}
     missing, unexpected = sorted(set(want) - set(stored)), sorted(set(stored) - set(want))
     bad = [f"{k}: stored {stored[k][0]}, expected {want[k]}" for k in want if k in stored and stored[k][0] != want[k]]
@@ -128,7 +117,7 @@ def _restore(path: str, want: dict[str, tuple[int, ...]], param_dtype, device) -
     sharding = jax.sharding.SingleDeviceSharding(device)
     target = {k: jax.ShapeDtypeStruct(shape, param_dtype or dtype, sharding=sharding)
               for k, (shape, dtype) in stored.items()}
-    return variables.flatten_dotted(ckptr.restore(path, unflat(target)))
+    return tree.flat(ckptr.restore(path, tree.unflat(target)), dotted=True)
 
 
 def load_model(path: str, param_dtype=None, device=None) -> t5.T5Encoder:

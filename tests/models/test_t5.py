@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cosmos_jax.models import t5, variables
+from cosmos_jax.models import t5
+from cosmos_jax.weights import tree
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -66,7 +67,7 @@ def test_hf_key_table_and_11b_config():
         (1024, 128, 65536, 24, 128, 32128)
     table = t5.hf_key_map(cfg)
     assert len(table) == 195  # docs/tokenizer-t5.md §5.3: 195 unique encoder tensors
-    shapes = {k: tuple(v.get_value().shape) for k, v in variables.flat_vars(t5.abstract(cfg), dotted=True).items()}
+    shapes = {k: tuple(v.get_value().shape) for k, v in tree.flat_vars(t5.abstract(cfg), dotted=True).items()}
     assert sorted(p for p, _ in table.values()) == sorted(shapes)  # one HF tensor per parameter, both ways
     assert shapes["blocks.3.attn.q.kernel"] == (1024, 16384) and table[
         "encoder.block.3.layer.0.SelfAttention.q.weight"] == ("blocks.3.attn.q.kernel", True)
