@@ -18,8 +18,8 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
-from converters import keymap
-from converters.pt_reader import PtFormatError, PtIndex
+from cosmos_jax.weights import keymap
+from cosmos_jax.weights.pt import PtFormatError, PtIndex
 
 BUFFERS = {e.path for e in keymap.ENTRIES if e.buffer}
 

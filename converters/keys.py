@@ -13,8 +13,8 @@ from ml_collections import config_flags
 
 
 def table(config) -> list[tuple[str, tuple[int, ...]]]:
-    from converters import keymap
     from cosmos_jax.models import build
+    from cosmos_jax.weights import keymap
 
     cfg = build.dit_config(config)
     return keymap.torch_table(build.flat_shapes(build.abstract(cfg)), cfg.num_blocks)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from converters import keymap, pt_io
-from converters.pt_reader import PtFormatError, PtIndex
 from cosmos_jax.models import build
+from cosmos_jax.weights import keymap, pt
+from cosmos_jax.weights.pt import PtFormatError, PtIndex
 
 
 def pt_to_tree(path: str, model) -> dict[tuple[str, ...], np.ndarray]:
@@ -30,4 +30,4 @@ def tree_to_pt(tree: dict[tuple[str, ...], np.ndarray], num_blocks: int, path: s
     state = keymap.to_torch(tree, num_blocks)
     if dtype is not None:
         state = {k: v.astype(dtype) for k, v in state.items()}
-    pt_io.save_state_dict(state, path)
+    pt.save_state_dict(state, path)

@@ -5,9 +5,9 @@ Our checkpoints -> upstream `.pt` files that upstream's tools load (flat `net.*`
   and `iter_{N:09d}_ema_model.pt` (fp32), from the latest step or `--step`; the same code as the export at each
   save during training. For upstream inference, use the EMA file as `<checkpoint_dir>/<name>/model.pt`.
 - converted base weights: `model.pt` in the stored dtype (`.pt -> Orbax -> .pt` is bit-exact).
-Memory: the files are streamed one tensor at a time (converters/pt_io.PtWriter). A job's export restores its params,
-buffers and EMA to host RAM first (7B full fine-tune: ~58 GB fp32), then adds about one block (cosmos_jax/export.py);
-base weights are read one block folder at a time.
+Memory: the files are streamed one tensor at a time (cosmos_jax/weights/pt.PtWriter). A job's export restores its
+params, buffers and EMA to host RAM first (7B full fine-tune: ~58 GB fp32), then adds about one block
+(cosmos_jax/export.py); base weights are read one block folder at a time.
 """
 
 from __future__ import annotations
@@ -74,9 +74,8 @@ def export_base(src: str, dst: str) -> str:
     folder at a time."""
     import orbax.checkpoint as ocp
 
-    from converters import keymap, pt_io
     from cosmos_jax import base_weights
-    from cosmos_jax.weights import tree
+    from cosmos_jax.weights import keymap, pt, tree
 
     meta = base_weights.read_meta(src)
     n = meta["num_blocks"]
@@ -92,9 +91,9 @@ def export_base(src: str, dst: str) -> str:
 
     os.makedirs(dst, exist_ok=True)
     out = os.path.join(dst, "model.pt")
-    need_space(dst, pt_io.pt_nbytes(entries, len("model.pt")), "model.pt")
+    need_space(dst, pt.pt_nbytes(entries, len("model.pt")), "model.pt")
     rest, block, block_i = load("rest"), None, None
-    with pt_io.PtWriter(out, entries) as w:
+    with pt.PtWriter(out, entries) as w:
         for (key, e, i), (_, _, dtype) in zip(keymap.expand(n), entries, strict=True):
             if i is None:
                 arr = rest[e.path]

@@ -11,7 +11,7 @@ equal it when both are present); `decoder.*` and `lm_head.*` are ignored. Any ot
 encoder tensor, or a non-float dtype is listed and the exit status is 1 (nothing is written).
 
 Memory:
-- zip `.bin` (torch >= 1.6) and safetensors: tensors are streamed one at a time (converters/pt_reader.py, no torch
+- zip `.bin` (torch >= 1.6) and safetensors: tensors are streamed one at a time (cosmos_jax/weights/pt.py, no torch
   needed for zip files) and written one encoder block at a time, so peak RAM does not grow with the file: measured
   ~3.4 blocks above the interpreter's ~210 MB for 0.6 and 1.2 GB files alike (t5-11b fp32, 805 MB a block:
   expect ~3 GB).
@@ -36,10 +36,10 @@ from collections.abc import Callable
 import ml_dtypes
 import numpy as np
 
-from converters.keymap import StrictLoadError
-from converters.pt_reader import PtFormatError, PtIndex
 from cosmos_jax.models import t5, t5_weights
 from cosmos_jax.weights import tree
+from cosmos_jax.weights.keymap import StrictLoadError
+from cosmos_jax.weights.pt import PtFormatError, PtIndex
 
 log = logging.getLogger("t5_to_orbax")
 
@@ -100,9 +100,9 @@ class _LegacyBin:
     """A pre-1.6 torch pickle: loaded whole by torch (RAM = the file size); unwanted tensors dropped at once."""
 
     def __init__(self, path: str):
-        from converters.pt_io import _torch
+        from cosmos_jax.weights.pt import import_torch
 
-        torch = _torch()
+        torch = import_torch()
         size = os.path.getsize(path)
         log.warning("%s: legacy (non-zip) torch file; torch.load reads all of it into RAM: %.1f GB "
                     "(~45 GB for t5-11b fp32)", path, size / 1e9)
@@ -127,7 +127,7 @@ class _LegacyBin:
         del obj
 
     def read(self, key: str) -> np.ndarray:
-        from converters.pt_io import tensor_to_numpy
+        from cosmos_jax.weights.pt import tensor_to_numpy
 
         return tensor_to_numpy(self.tensors[key])
 
@@ -161,7 +161,7 @@ class _Safetensors:
             self.entries[k] = (tuple(sl.get_shape()), _st_dtype(sl.get_dtype()))
 
     def read(self, key: str) -> np.ndarray:
-        from converters.pt_io import tensor_to_numpy
+        from cosmos_jax.weights.pt import tensor_to_numpy
 
         t = self.f.get_tensor(key)
         return tensor_to_numpy(t) if self.framework == "pt" else np.asarray(t)

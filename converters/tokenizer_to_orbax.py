@@ -23,10 +23,10 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from converters.keymap import StrictLoadError
-from converters.pt_io import tensor_to_numpy
 from cosmos_jax.models import cosmos_tokenizer as ct
 from cosmos_jax.weights import tree
+from cosmos_jax.weights.keymap import StrictLoadError
+from cosmos_jax.weights.pt import tensor_to_numpy
 
 JIT_FILES = {"encoder": "encoder.jit", "decoder": "decoder.jit"}
 

@@ -1,12 +1,12 @@
 """Streaming export of a train state to upstream `.pt` files: one tensor at a time, never the whole model on host.
 
 `export_pt` writes `iter_{N:09d}_reg_model.pt` (bf16, every floating tensor, buffers included) and
-`iter_{N:09d}_ema_model.pt` (fp32) with upstream keys in upstream order (converters/keymap.py), LoRA adapters
-merged. Both files are open at once (converters/pt_io.PtWriter, no torch); for each key, in order (head, block 0..L-1,
-tail), the tensor is sliced to its block on the device by a jitted function (the block index is an argument, so one
-compilation serves every block), the adapters are merged there, it is cast to the file's dtype and transposed to
-torch's layout, then fetched, written and freed; the next tensor is computed while one is written. Host memory grows
-by a few of the largest tensors, not by the model (7B on an H200: +1.4 GB, 43 GB written in ~75 s;
+`iter_{N:09d}_ema_model.pt` (fp32) with upstream keys in upstream order (cosmos_jax/weights/keymap.py), LoRA adapters
+merged. Both files are open at once (cosmos_jax/weights/pt.PtWriter, no torch); for each key, in order (head, block
+0..L-1, tail), the tensor is sliced to its block on the device by a jitted function (the block index is an argument, so
+one compilation serves every block), the adapters are merged there, it is cast to the file's dtype and transposed to
+torch's layout, then fetched, written and freed; the next tensor is computed while one is written. Host memory grows by
+a few of the largest tensors, not by the model (7B on an H200: +1.4 GB, 43 GB written in ~75 s;
 scripts/bench_export_memory.py).
 
 The files are bit-identical to the whole-state algorithm (lora.merge + keymap.to_torch + numpy casts): the merge
@@ -29,9 +29,8 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from converters import keymap, pt_io
 from cosmos_jax import offload
-from cosmos_jax.weights import tree
+from cosmos_jax.weights import keymap, pt, tree
 
 REG_DTYPE = np.dtype(ml_dtypes.bfloat16)
 EMA_DTYPE = np.dtype(np.float32)
@@ -63,7 +62,7 @@ def pt_export_nbytes(state_or_abstract, num_blocks: int) -> int:
     shapes only: works on trees of jax.ShapeDtypeStruct (e.g. the abstract train state)."""
     reg, _ = _sources(state_or_abstract)
     table = _table(reg, num_blocks)
-    return sum(pt_io.pt_nbytes([(k, s, d) for k, _, _, s in table], _NAME_LEN) for d in (REG_DTYPE, EMA_DTYPE))
+    return sum(pt.pt_nbytes([(k, s, d) for k, _, _, s in table], _NAME_LEN) for d in (REG_DTYPE, EMA_DTYPE))
 
 
 def _block(x, i):
@@ -167,12 +166,12 @@ def export_pt(state, num_blocks: int, out_dir: str, step: int, lora_scale: float
     _table(ema_src, num_blocks)
     reg_path, ema_path = export_paths(out_dir, step)
     writing = jax.process_index() == 0
-    writers: list[pt_io.PtWriter] = []
+    writers: list[pt.PtWriter] = []
     try:
         if writing:
             os.makedirs(out_dir, exist_ok=True)
             for path, dtype in ((reg_path, REG_DTYPE), (ema_path, EMA_DTYPE)):
-                writers.append(pt_io.PtWriter(path, [(k, s, dtype) for k, _, _, s in table]))
+                writers.append(pt.PtWriter(path, [(k, s, dtype) for k, _, _, s in table]))
         for key, reg, ema in _stream(reg_src, ema_src, table, np.float32(lora_scale)):
             if writing:
                 writers[0].add(key, reg)

@@ -109,8 +109,8 @@ def load(checkpoint_path: str, weights: str = "ema", config=None) -> Loaded:
 
             flat = {p: np.asarray(a) for p, a in tree.flat(_restore_base(path, cfg, base_weights)).items()}
         elif path.endswith((".pt", ".pth")) and os.path.isfile(path):
-            from converters import keymap
             from converters import load as pt_load
+            from cosmos_jax.weights import keymap
 
             buffers = {e.path for e in keymap.ENTRIES if e.buffer}
             flat = {("buffers" if p in buffers else "params", *p): a

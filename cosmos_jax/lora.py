@@ -44,7 +44,7 @@ def export_adapters(flat_tree: dict, num_blocks: int, path_stem: str, rank: int,
     """`<stem>.safetensors` + `<stem>.json`: the adapters under upstream module names (PEFT layout)."""
     from safetensors.numpy import save_file
 
-    from converters import keymap
+    from cosmos_jax.weights import keymap
 
     by_path = {e.path[:-1]: e for e in keymap.ENTRIES if e.stacked and e.path[-1] == "kernel"}
     tensors = {}

@@ -38,8 +38,8 @@ def main(argv):
     import torch
 
     from configs import waymo
-    from converters import keymap
     from cosmos_jax.models import build
+    from cosmos_jax.weights import keymap
 
     os.makedirs(F.work, exist_ok=True)
     dtype = getattr(torch, F.dtype)

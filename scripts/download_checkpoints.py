@@ -252,8 +252,9 @@ def convert(variant: str, checkpoint_dir: str) -> None:
         raise DownloadError(f"[convert] not enough disk to convert {src.name}: needs about {need_disk / GiB:.1f} GiB "
                             f"(about the .pt size) under {dst}, {have_disk / GiB:.2f} GiB free. Free space and rerun "
                             f"with --convert, or: {redo}")
-    from converters import dit_to_orbax, keymap
-    from converters.pt_reader import PtFormatError
+    from converters import dit_to_orbax
+    from cosmos_jax.weights import keymap
+    from cosmos_jax.weights.pt import PtFormatError
 
     print(f"[convert] {src} -> {dst} ...", flush=True)
     try:

@@ -1,4 +1,4 @@
-"""Streaming `.pt` export (cosmos_jax/export.py, converters/pt_io.PtWriter): bit-identical to the whole-state
+"""Streaming `.pt` export (cosmos_jax/export.py, cosmos_jax/weights/pt.PtWriter): bit-identical to the whole-state
 algorithm, loadable by torch (also mmap) and by our reader, atomic, sharding-independent, size known up front."""
 
 import os
@@ -13,12 +13,11 @@ import pytest
 import torch
 
 from configs import demo
-from converters import keymap, pt_io
-from converters.pt_reader import PtIndex
 from cosmos_jax import checkpoint, export, lora, optim, sharding
 from cosmos_jax import train_state as ts
 from cosmos_jax.models import build
-from cosmos_jax.weights import tree
+from cosmos_jax.weights import keymap, pt, tree
+from cosmos_jax.weights.pt import PtIndex
 
 TARGETS = ("to_q", "to_k", "to_v", "to_out", "layer1", "layer2")
 SERIAL = ".data/serialization_id"  # random per file, as torch's
@@ -100,13 +99,13 @@ def test_bit_identical_to_whole_state_export(which, request, tmp_path):
         assert list(got) == list(want)
         for k, v in want.items():
             t = got[k]
-            assert tuple(t.shape) == v.shape and pt_io.tensor_to_numpy(t).dtype == v.dtype, k
+            assert tuple(t.shape) == v.shape and pt.tensor_to_numpy(t).dtype == v.dtype, k
             bits = np.uint16 if v.dtype == ml_dtypes.bfloat16 else np.uint32
-            np.testing.assert_array_equal(pt_io.tensor_to_numpy(t).view(bits), v.view(bits), err_msg=k)
+            np.testing.assert_array_equal(pt.tensor_to_numpy(t).view(bits), v.view(bits), err_msg=k)
         # the same archive as torch.save of today's state dict, record for record (data.pkl included)
         ref = str(tmp_path / "ref" / os.path.basename(path))
         os.makedirs(os.path.dirname(ref), exist_ok=True)
-        pt_io.save_state_dict(want, ref)
+        pt.save_state_dict(want, ref)
         (ours, our_names), (theirs, their_names) = members(path), members(ref)
         assert our_names == their_names and ours == theirs
 
@@ -137,7 +136,7 @@ def test_our_reader_reads_it(full, tmp_path):
         with PtIndex(path) as index:
             assert list(index.tensors) == list(sd) and not index.other
             for k, t in sd.items():
-                np.testing.assert_array_equal(index.read(k), pt_io.tensor_to_numpy(t), err_msg=k)
+                np.testing.assert_array_equal(index.read(k), pt.tensor_to_numpy(t), err_msg=k)
 
 
 def test_failure_mid_write_leaves_nothing(full, tmp_path, monkeypatch):
@@ -163,16 +162,16 @@ def test_writer_refuses_misuse_and_leaves_nothing(tmp_path):
     path = str(tmp_path / "x.pt")
     entries = [("a", (2, 3), np.float32), ("b", (4,), ml_dtypes.bfloat16)]
     with pytest.raises(ValueError, match="should be a"):
-        with pt_io.PtWriter(path, entries) as w:
+        with pt.PtWriter(path, entries) as w:
             w.add("b", np.zeros(4, ml_dtypes.bfloat16))
     with pytest.raises(ValueError, match="not written"):
-        with pt_io.PtWriter(path, entries) as w:
+        with pt.PtWriter(path, entries) as w:
             w.add("a", np.zeros((2, 3), np.float32))
     with pytest.raises(ValueError, match=r"\(2, 3\) float32"):
-        with pt_io.PtWriter(path, entries) as w:
+        with pt.PtWriter(path, entries) as w:
             w.add("a", np.zeros((2, 3), np.float64))
     assert os.listdir(tmp_path) == []
-    with pt_io.PtWriter(path, entries) as w:  # any layout and byte order in, contiguous little-endian out
+    with pt.PtWriter(path, entries) as w:  # any layout and byte order in, contiguous little-endian out
         w.add("a", np.arange(6, dtype=">f4").reshape(3, 2).T)
         w.add("b", np.ones(4, ml_dtypes.bfloat16))
     sd = torch.load(path, weights_only=True)
@@ -186,8 +185,8 @@ def test_pickle_is_torchs(tmp_path):
     torch.save(sd, tmp_path / "t.pt")
     with zipfile.ZipFile(tmp_path / "t.pt") as z:
         want = z.read("t/data.pkl")
-    entries = [(k, tuple(v.shape), pt_io.tensor_to_numpy(v).dtype) for k, v in sd.items()]
-    assert pt_io.state_dict_pickle(entries) == want
+    entries = [(k, tuple(v.shape), pt.tensor_to_numpy(v).dtype) for k, v in sd.items()]
+    assert pt.state_dict_pickle(entries) == want
 
 
 @pytest.mark.parametrize("which", ["full", "lora_state"])
@@ -282,7 +281,7 @@ def test_export_job_refuses_a_full_disk_before_writing(full, tmp_path, monkeypat
 
     def enospc(self, key, arr):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(export.pt_io.PtWriter, "add", enospc)
+    monkeypatch.setattr(export.pt.PtWriter, "add", enospc)
     with pytest.raises(OSError, match="no partial file was left"):
         orbax_to_pt.export_job(str(job), str(dst))
     assert os.listdir(dst) == []

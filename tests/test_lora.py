@@ -12,12 +12,11 @@ import torch
 from flax import nnx
 
 from configs import demo
-from converters import keymap
 from cosmos_jax import checkpoint, lora, optim, sharding
 from cosmos_jax import step as step_lib
 from cosmos_jax import train_state as ts
 from cosmos_jax.models import build
-from cosmos_jax.weights import tree
+from cosmos_jax.weights import keymap, tree
 from tests.conftest import tiny_dit_config
 from tests.models.test_dit import assert_close_f32, inputs
 

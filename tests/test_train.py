@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from converters import keymap
 from cosmos_jax import checkpoint, optim, sharding
 from cosmos_jax import train_state as ts
 from cosmos_jax.models import build
-from cosmos_jax.weights import tree
+from cosmos_jax.weights import keymap, tree
 from tests.data import fixtures as fx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

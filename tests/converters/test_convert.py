@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from converters import dit_to_orbax, keymap, orbax_to_pt
-from converters.pt_reader import PtFormatError, PtIndex
+from converters import dit_to_orbax, orbax_to_pt
 from cosmos_jax import base_weights
+from cosmos_jax.weights import keymap
+from cosmos_jax.weights.pt import PtFormatError, PtIndex
 from tests.conftest import PARITY, tiny_experiment_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from configs import waymo
-from converters import keymap, keys, load, pt_io
+from converters import keys, load
 from cosmos_jax.models import build
+from cosmos_jax.weights import keymap, pt
 from tests.conftest import PARITY, tiny_dit_config
 
 
@@ -128,6 +129,6 @@ def test_corrupt_file_is_named(tmp_path):
 
 def test_bf16_numpy_bits_preserved():
     t = torch.randn(5).to(torch.bfloat16)
-    a = pt_io.tensor_to_numpy(t)
+    a = pt.tensor_to_numpy(t)
     assert a.dtype == ml_dtypes.bfloat16
-    assert torch.equal(pt_io.numpy_to_tensor(a), t)
+    assert torch.equal(pt.numpy_to_tensor(a), t)

@@ -18,9 +18,9 @@ from torch import nn
 
 from configs import demo
 from converters import tokenizer_to_orbax as conv
-from converters.keymap import StrictLoadError
 from cosmos_jax.models import cosmos_tokenizer as ct
 from cosmos_jax.models import tokenizer as tok
+from cosmos_jax.weights.keymap import StrictLoadError
 from tests.models.cosmos_tokenizer_torch import torch_networks, write_release
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

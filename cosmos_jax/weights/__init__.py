@@ -1,0 +1,1 @@
+"""Weights in their outside forms (see the modules)."""
