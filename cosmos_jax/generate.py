@@ -33,6 +33,7 @@ from cosmos_jax import inference, sharding
 from cosmos_jax.data import pickles
 from cosmos_jax.data import video as video_io
 from cosmos_jax.models import tokenizer as tok
+from cosmos_jax.weights import dit
 
 T5_CONVERTED = "checkpoints/google-t5/t5-11b_orbax"  # python -m converters.t5_to_orbax --dst
 PROMPT_FLAGS = ("prompt", "prompt_left", "prompt_right", "prompt_back", "prompt_back_left", "prompt_back_right")
@@ -107,7 +108,7 @@ def text_embeddings(f, config, rig: inference.Rig) -> tuple[np.ndarray, list[str
 
 def run(f) -> dict:
     t0 = time.time()
-    loaded = inference.load(f.checkpoint, f.weights, f.config)
+    loaded = dit.load(f.checkpoint, f.weights, f.config)
     loaded, mesh = inference.on_context_mesh(loaded, f.context)
     config = loaded.config
     rig = inference.Rig.upstream(f.n_views) if f.rig == "upstream" else inference.Rig.training(config, f.n_views)

@@ -1,4 +1,4 @@
-"""Peak host memory of the streaming `.pt` export (cosmos_jax/export.py) at the 7B width, 2, 4 and 8 blocks.
+"""Peak host memory of the streaming `.pt` export (cosmos_jax/weights/export.py) at the 7B width, 2, 4 and 8 blocks.
 
 `python scripts/bench_export_memory.py [--blocks 2,4,8] [--modes full,lora] [--work /tmp/...]`: for each block
 count and mode, in a fresh process, builds only what the export reads (random values, configs/waymo.py with
@@ -41,10 +41,10 @@ import json, os, sys, threading, time
 mode, n, work = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 import jax, jax.numpy as jnp, numpy as np
 from configs import waymo
-from cosmos_jax import export, lora, optim, sharding
+from cosmos_jax import lora, optim, sharding
 from cosmos_jax import train_state as ts
 from cosmos_jax.models import build
-from cosmos_jax.weights import tree
+from cosmos_jax.weights import export, tree
 
 GB = 1e9
 def status(key):

@@ -25,11 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from cosmos_jax import train_state as ts  # noqa: E402
 from cosmos_jax.models import build  # noqa: E402
 from cosmos_jax.models.dit import DiffusionNet  # noqa: E402
-from cosmos_jax.weights import (  # noqa: E402
-    keymap,
-    pt,
-    tree,  # noqa: E402
-)
+from cosmos_jax.weights import keymap, pt, tree  # noqa: E402
 
 config_flags.DEFINE_config_file("config", "configs/waymo.py", "config whose network is made")
 flags.DEFINE_string("dst", None, "output .pt", required=True)

@@ -12,11 +12,11 @@ import torch
 from flax import nnx
 
 from configs import demo
-from cosmos_jax import checkpoint, lora, optim, sharding
+from cosmos_jax import lora, optim, sharding
 from cosmos_jax import step as step_lib
 from cosmos_jax import train_state as ts
 from cosmos_jax.models import build
-from cosmos_jax.weights import keymap, tree
+from cosmos_jax.weights import dit, export, keymap, tree
 from tests.conftest import tiny_dit_config
 from tests.models.test_dit import assert_close_f32, inputs
 
@@ -49,10 +49,10 @@ def test_merged_and_unmerged_forwards_agree():
     full = {tuple(map(str, p)): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model))}
     merged = lora.merge(full, 6.0 / 4)
     plain = build.create(tiny_dit_config())
-    build.load_flat(plain, merged)
+    dit.fill(plain, merged)
     assert_close_f32(plain.net(**x), y_lora)  # W + s A B rounded to fp32 vs x W + s (x A) B
     base = build.create(tiny_dit_config())
-    build.load_flat(base, {p: a for p, a in full.items() if p[-1] not in lora.LORA_LEAVES})
+    dit.fill(base, {p: a for p, a in full.items() if p[-1] not in lora.LORA_LEAVES})
     assert not np.allclose(np.asarray(base.net(**x)), np.asarray(y_lora), atol=1e-3)  # the adapters matter
 
 
@@ -100,15 +100,15 @@ def test_only_adapters_train(lora_run):
 
 def test_exports_merged_pt_and_adapters(lora_run, tmp_path):
     c, cfg, before, after, abstract, shardings, _, _ = lora_run
-    reg, ema = checkpoint.export_pt(after, cfg.num_blocks, str(tmp_path), 2, lora_scale=cfg.lora_alpha / 4)
+    reg, ema = export.export_pt(after, cfg.num_blocks, str(tmp_path), 2, lora_scale=cfg.lora_alpha / 4)
     sd = torch.load(ema, weights_only=True)
-    table = keymap.torch_table(build.flat_shapes(build.abstract(cfg)), cfg.num_blocks)
+    table = keymap.torch_table(dit.shapes(build.abstract(cfg)), cfg.num_blocks)
     assert list(sd) == [k for k, _ in table]
     flat_all = {**tree.flat(jax.device_get(after["ema"])), **tree.flat(jax.device_get(after["buffers"]))}
     merged = lora.merge(flat_all, cfg.lora_alpha / 4)
     want = np.asarray(merged[("net", "blocks", "mlp", "mlp", "layer1", "kernel")][1], np.float32).T
     np.testing.assert_allclose(sd["net.blocks.block1.blocks.2.block.layer1.weight"].numpy(), want, rtol=1e-6)
-    path = lora.export_adapters(tree.flat(jax.device_get(after["params"])), cfg.num_blocks,
+    path = export.export_adapters(tree.flat(jax.device_get(after["params"])), cfg.num_blocks,
                                 str(tmp_path / "adapters"), 4, cfg.lora_alpha, cfg.lora_targets)
     from safetensors.numpy import load_file
 
@@ -125,8 +125,8 @@ def test_base_weights_load_into_the_frozen_base(lora_run, tmp_path):
     del full_cfg
     base = build.create(dataclasses_replace(cfg))
     _, p, b = ts.split(base)
-    checkpoint.save_weights(str(tmp_path / "base"), p, b)
-    params, buffers = checkpoint.load_weights(str(tmp_path / "base"), abstract, shardings)
+    dit.save_folder(str(tmp_path / "base"), p, b)
+    params, buffers = dit.load_into_state(str(tmp_path / "base"), abstract, shardings)
     state = ts.with_weights(before, params, buffers, shardings)
     k = ("net", "blocks", "ca", "attn", "to_v", "kernel")
     np.testing.assert_array_equal(np.asarray(tree.flat(state["buffers"])[k], np.float32),

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from configs import demo
-from cosmos_jax import checkpoint, offload, optim, sharding
+from cosmos_jax import offload, optim, sharding
 from cosmos_jax import step as step_lib
 from cosmos_jax import train_state as ts
 from cosmos_jax.models import build
 from cosmos_jax.models import tokenizer as tok
-from cosmos_jax.weights import tree
+from cosmos_jax.weights import checkpoint, tree
 
 BOTH = ("opt_state", "ema")
 
@@ -130,8 +130,8 @@ def test_bad_offload_values(value, msg):
 
 
 def test_export_of_an_offloaded_state_is_the_same_file(tmp_path):
-    from cosmos_jax import export
-    from tests.test_export import members
+    from cosmos_jax.weights import export
+    from tests.weights.test_export import members
 
     mesh = sharding.make_mesh((("data", 1), ("fsdp", 1), ("context", 1)), devices=jax.devices()[:1])
     plain, _, _, _ = run(tiny(()), mesh, steps=1)

@@ -10,13 +10,14 @@ import sys
 import jax
 import ml_dtypes
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from configs import demo
-from cosmos_jax import checkpoint, config_check, job, sharding, train
+from cosmos_jax import config_check, job, sharding, train
 from cosmos_jax import train_state as ts
 from cosmos_jax.models import build
-from cosmos_jax.weights import tree
+from cosmos_jax.weights import checkpoint, dit, tree
 from tests.data import fixtures as fx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,7 +62,7 @@ def base_weights(c, path, dtype):
         return jax.tree.map(lambda a: (np.asarray(a) if np.any(np.asarray(a)) else
                                        0.02 * rng.standard_normal(a.shape)).astype(dtype), t)
     params, buffers = cast(params), cast(buffers)
-    checkpoint.save_weights(path, params, buffers)
+    dit.save_folder(path, params, buffers)
     return {p: np.asarray(a, np.float32) for p, a in tree.flat(params).items()}
 
 
@@ -82,7 +83,7 @@ def test_donated_steps_after_base_weights(mode, tmp_path):
     from cosmos_jax import optim
     from cosmos_jax import step as step_lib
     from cosmos_jax.models import tokenizer as tok
-    from cosmos_jax.train_phases import fresh_state
+    from cosmos_jax.weights.dit import fresh_state
 
     c = demo.get_config()
     c.model.update(dict(model_channels=32, num_blocks=1, num_heads=2, crossattn_emb_channels=8, adaln_lora_dim=8))
@@ -151,9 +152,9 @@ def test_lora_job_resumes_without_storing_the_base(lora_job):
     assert first["final"]["step"] == 2 and second["final"]["step"] == 3 and np.isfinite(second["final"]["loss"])
     jdir = second["job_dir"]
     for step in (2, 3):  # the frozen base is not in the checkpoints
-        md = checkpoint.ocp.PyTreeCheckpointer().metadata(os.path.join(jdir, "orbax", str(step), "state"))
+        md = ocp.PyTreeCheckpointer().metadata(os.path.join(jdir, "orbax", str(step), "state"))
         assert sorted(dict(getattr(md, "item_metadata", md))) == ["ema", "opt_state", "params", "step"]
-    _, restored = checkpoint.restore_job_weights(jdir)  # generate and orbax_to_pt re-read it from load_path
+    _, restored = dit.restore_job_weights(jdir)  # generate and orbax_to_pt re-read it from load_path
     got = restored["buffers"]["net"]["blocks"]["fa"]["attn"]["to_q"]["kernel"]
     want = base_weights(c, str(root / "again"), ml_dtypes.bfloat16)[("net", "blocks", "fa", "attn", "to_q", "kernel")]
     np.testing.assert_array_equal(np.asarray(got, np.float32), want.astype(ml_dtypes.bfloat16).astype(np.float32))
@@ -215,7 +216,7 @@ def test_full_disk_stops_at_once_and_leaves_the_last_checkpoint(data, tmp_path, 
     assert checkpoint.complete_steps(jdir) == [2, 4]  # the run stopped at its first save (step 6)
     assert not [n for n in os.listdir(os.path.join(jdir, "orbax")) if not n.isdigit() and "tmp" in n]
     assert not [n for n in os.listdir(os.path.join(jdir, "checkpoints")) if ".tmp" in n]
-    assert checkpoint.restore_job_weights(jdir)[0] == 4  # still loadable
+    assert dit.restore_job_weights(jdir)[0] == 4  # still loadable
     # Space for the checkpoint but not for the export: stops at the export, nothing partial, step 6 complete.
     monkeypatch.setattr(checkpoint, "free_bytes", lambda folder: 10**12 if folder.endswith("orbax") else 1000)
     with pytest.raises(checkpoint.SaveError, match=r"the \.pt export of step 6"):
@@ -279,7 +280,7 @@ def test_load_path_may_be_a_full_fine_tune_job(tmp_path, target):
     """A job directory as checkpoint.load_path: its regular weights land where this state keeps them (a LoRA state
     keeps the base kernels in `buffers`), strictly checked."""
     from cosmos_jax import optim
-    from cosmos_jax.train_phases import fresh_state
+    from cosmos_jax.weights.dit import fresh_state
 
     c = demo.get_config()
     c.model.update(dict(model_channels=32, num_blocks=1, num_heads=2, crossattn_emb_channels=8, adaln_lora_dim=8))
@@ -306,5 +307,5 @@ def test_load_path_may_be_a_full_fine_tune_job(tmp_path, target):
     bad.model.num_blocks = 2
     bcfg, btx = build.dit_config(bad), optim.make(bad)
     _, babs, bsh = ts.layout(bcfg, btx, mesh)
-    with pytest.raises(checkpoint.WeightsMismatchError, match="shape mismatch net/blocks/fa/attn/to_q/kernel"):
+    with pytest.raises(dit.WeightsMismatchError, match="shape mismatch net/blocks/fa/attn/to_q/kernel"):
         fresh_state(bad, bcfg, btx, mesh, babs, bsh)

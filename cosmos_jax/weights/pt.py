@@ -166,7 +166,7 @@ class PtIndex:
         self.close()
 
 
-# ---- torch-side helpers (torch imported lazily) ---------------------------------------------------------------
+# ---- torch-side helpers (torch imported lazily) ----------------------------------------------------------------------
 
 def import_torch():
     try:
@@ -203,7 +203,7 @@ def save_state_dict(state: Mapping[str, np.ndarray], path: str) -> None:
     os.replace(tmp, path)
 
 
-# ---- streaming writer (no torch) ------------------------------------------------------------------------------
+# ---- streaming writer (no torch) -------------------------------------------------------------------------------------
 
 _ALIGN = 64  # torch's storage alignment: every record's data starts on a 64-byte boundary (mmap=True loads)
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
