@@ -24,9 +24,9 @@ from absl import app, flags
 
 from cosmos_jax import inference, quality, sharding
 from cosmos_jax.data import dataset
-from cosmos_jax.models import tokenizer as tok
 from cosmos_jax.samples import write_comparison
 from cosmos_jax.weights import dit
+from cosmos_jax.weights import tokenizer as tok
 
 KINDS = ("generated", "real", "baseline_front_copy")
 COLUMNS = ("sampson_median_px", "inlier_fraction", "matches", "inliers", "psnr_db", "ssim")

@@ -32,8 +32,8 @@ from tqdm import tqdm
 from cosmos_jax import inference, sharding
 from cosmos_jax.data import pickles
 from cosmos_jax.data import video as video_io
-from cosmos_jax.models import tokenizer as tok
 from cosmos_jax.weights import dit
+from cosmos_jax.weights import tokenizer as tok
 
 T5_CONVERTED = "checkpoints/google-t5/t5-11b_orbax"  # python -m converters.t5_to_orbax --dst
 PROMPT_FLAGS = ("prompt", "prompt_left", "prompt_right", "prompt_back", "prompt_back_left", "prompt_back_right")

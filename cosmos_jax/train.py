@@ -26,12 +26,12 @@ from cosmos_jax import train_state as ts
 from cosmos_jax.data import dataset, pipeline
 from cosmos_jax.data.latent_cache import LatentCacheSource
 from cosmos_jax.models import build
-from cosmos_jax.models import tokenizer as tok
 from cosmos_jax.train_phases import Phases, base_id, log_compiled
 from cosmos_jax.utils import memory
 from cosmos_jax.utils import metrics as metrics_lib
 from cosmos_jax.validation import Validator
 from cosmos_jax.weights import checkpoint, dit
+from cosmos_jax.weights import tokenizer as tok
 
 log = logging.getLogger("cosmos_jax.train")
 STEP_KEYS = ("video", "latents", "text", "view_idx", "fps", "frame_repeat")

@@ -82,7 +82,7 @@ def main(argv):
     spec = dataset.DataSpec.from_config(config)
     if F.source == "cache":
         from cosmos_jax.data import encode_latents, latent_cache
-        from cosmos_jax.models import tokenizer as tok
+        from cosmos_jax.weights import tokenizer as tok
 
         cache = os.path.join(F.work, f"{F.shape}_cache")
         if not os.path.isfile(os.path.join(cache, "index.json")):

@@ -17,8 +17,8 @@ from cosmos_jax import train_state as ts
 from cosmos_jax.data import video as video_io
 from cosmos_jax.diffusion import conditioning, sampler
 from cosmos_jax.models import build
-from cosmos_jax.models import tokenizer as tok
 from cosmos_jax.weights import checkpoint, dit, export
+from cosmos_jax.weights import tokenizer as tok
 from tests.data import fixtures as fx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -82,7 +82,7 @@ def test_donated_steps_after_base_weights(mode, tmp_path):
     """The jitted, donated step runs on states made from fp32 and bf16 base weights (one compile per mode)."""
     from cosmos_jax import optim
     from cosmos_jax import step as step_lib
-    from cosmos_jax.models import tokenizer as tok
+    from cosmos_jax.weights import tokenizer as tok
     from cosmos_jax.weights.dit import fresh_state
 
     c = demo.get_config()

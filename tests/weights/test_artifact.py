@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from cosmos_jax.weights import artifact, folder
+from cosmos_jax.weights import t5 as t5_weights
+from cosmos_jax.weights import tokenizer as tokenizer_weights
 
 KIND = artifact.Artifact("test.kind/1", "converted test folder", "python -m converters.make --dst {folder}")
 
@@ -58,8 +60,9 @@ def test_rewrite_removes_the_marker_first_and_writes_it_last(tmp_path):
 def test_each_folder_kind_has_its_marker():
     """The formats of the folders on disk: changing one would orphan every folder already converted."""
     assert folder.MARKER is artifact.DIT and artifact.DIT.format == "cosmos_jax.base_weights/1"
+    assert tokenizer_weights.MARKER is artifact.TOKENIZER
     assert artifact.TOKENIZER.format == "cosmos_jax.cosmos_tokenizer/1"
-    assert artifact.T5.format == "cosmos_jax.t5/1"
+    assert t5_weights.MARKER is artifact.T5 and artifact.T5.format == "cosmos_jax.t5/1"
     assert artifact.T5.marker == "config.json" and artifact.DIT.marker == artifact.TOKENIZER.marker == "meta.json"
 
 
