@@ -5,9 +5,9 @@ Our checkpoints -> upstream `.pt` files that upstream's tools load (flat `net.*`
   and `iter_{N:09d}_ema_model.pt` (fp32), from the latest step or `--step`; the same code as the export at each
   save during training. For upstream inference, use the EMA file as `<checkpoint_dir>/<name>/model.pt`.
 - converted base weights: `model.pt` in the stored dtype (`.pt -> Orbax -> .pt` is bit-exact).
-Memory: the files are streamed one tensor at a time (cosmos_jax/weights/pt.PtWriter). A job's export restores its
-params, buffers and EMA to host RAM first (7B full fine-tune: ~58 GB fp32), then adds about one block; base weights
-are read one block folder at a time. The work is cosmos_jax/weights/export.py's `export`.
+Memory: the files are streamed one tensor at a time (`PtWriter`, cosmos_jax/weights/pt.py). A job's export restores its
+params, buffers and EMA to host RAM first (7B full fine-tune: ~58 GB fp32), then adds about one block; base weights are
+read one block folder at a time. The work is cosmos_jax/weights/export.py's `export`.
 """
 
 from __future__ import annotations

@@ -13,7 +13,6 @@ are written to a temporary name, then renamed.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 
@@ -22,7 +21,6 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-log = logging.getLogger(__name__)
 
 class SaveError(OSError):
     """A checkpoint or export that could not be written; names the folder, the bytes needed and the last complete

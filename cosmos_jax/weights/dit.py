@@ -37,8 +37,8 @@ _BUFFERS = frozenset(e.path for e in keymap.ENTRIES if e.buffer)
 
 
 def part(path: tuple[str, ...]) -> str:
-    """"buffers" or "params": where the upstream tensor at our `path` lives in a converted folder and in a full
-    fine-tune's state (keymap.Entry.buffer)."""
+    """Where the upstream tensor at our `path` lives in a converted folder and in a full fine-tune's state:
+    "buffers" or "params" (keymap.Entry.buffer)."""
     return "buffers" if path in _BUFFERS else "params"
 
 

@@ -1,13 +1,12 @@
 """Our weights out as upstream files: the streamed `.pt` export of a train state, a job's checkpoint or a converted
 folder as `.pt`, and LoRA adapters alone in PEFT's layout.
-
-`export_pt` writes `iter_{N:09d}_reg_model.pt` (bf16, every floating tensor, buffers included) and
+ `export_pt` writes `iter_{N:09d}_reg_model.pt` (bf16, every floating tensor, buffers included) and
 `iter_{N:09d}_ema_model.pt` (fp32) with upstream keys in upstream order (cosmos_jax/weights/keymap.py), LoRA adapters
-merged. Both files are open at once (cosmos_jax/weights/pt.PtWriter, no torch); for each key, in order (head, block
-0..L-1, tail), the tensor is sliced to its block on the device by a jitted function (the block index is an argument, so
-one compilation serves every block), the adapters are merged there, it is cast to the file's dtype and transposed to
-torch's layout, then fetched, written and freed; the next tensor is computed while one is written. Host memory grows by
-a few of the largest tensors, not by the model (7B on an H200: +1.4 GB, 43 GB written in ~75 s;
+merged. Both files are open at once (`PtWriter` of cosmos_jax/weights/pt.py, no torch); for each key, in order (head,
+block 0..L-1, tail), the tensor is sliced to its block on the device by a jitted function (the block index is an
+argument, so one compilation serves every block), the adapters are merged there, it is cast to the file's dtype and
+transposed to torch's layout, then fetched, written and freed; the next tensor is computed while one is written. Host
+memory grows by a few of the largest tensors, not by the model (7B on an H200: +1.4 GB, 43 GB written in ~75 s;
 scripts/bench_export_memory.py).
 
 The files are bit-identical to the whole-state algorithm (lora.merge + keymap.to_torch + numpy casts): the merge
