@@ -13,11 +13,9 @@ from ml_collections import config_flags
 
 
 def table(config) -> list[tuple[str, tuple[int, ...]]]:
-    from converters import keymap
-    from cosmos_jax.models import build
+    from cosmos_jax.weights import dit, keymap
 
-    cfg = build.dit_config(config)
-    return keymap.torch_table(build.flat_shapes(build.abstract(cfg)), cfg.num_blocks)
+    return keymap.torch_table(*dit.config_shapes(config))
 
 
 def main(argv):

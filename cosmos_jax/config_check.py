@@ -17,6 +17,7 @@ import numpy as np
 from cosmos_jax import offload, remat, sharding
 from cosmos_jax.diffusion.conditioning import TRAIN_LOCATIONS
 from cosmos_jax.models.attention import IMPLEMENTATIONS as ATTENTION
+from cosmos_jax.weights import checkpoint, folder
 
 TOKENIZERS = ("haar", "cosmos")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -153,10 +154,9 @@ def check_load_path(path: str) -> str:
     """The base weights folder that `checkpoint.load_path` names, resolved: a converted folder (meta.json), or a
     job directory (its latest checkpoint's weights). Raises FileNotFoundError with the commands that make one."""
     path = path.rstrip("/")
-    if os.path.isfile(os.path.join(path, "meta.json")):
+    if folder.MARKER.marked(path):
         return path
-    job = os.path.dirname(path) if os.path.basename(path) == "orbax" else path
-    if os.path.isfile(os.path.join(job, "config.json")) and os.path.isdir(os.path.join(job, "orbax")):
+    if (job := checkpoint.job_of(path)) is not None:
         return job
     if path.endswith((".pt", ".pth")) and os.path.isfile(path):
         hint = f"convert it once:\n  python -m converters.dit_to_orbax --src {path} --dst {path[:-3]}_orbax\n" \

@@ -24,9 +24,10 @@ from absl import app, flags
 
 from cosmos_jax import inference, quality, sharding
 from cosmos_jax.data import dataset
-from cosmos_jax.models import tokenizer as tok
 from cosmos_jax.rig import Rig
 from cosmos_jax.samples import write_comparison
+from cosmos_jax.weights import dit
+from cosmos_jax.weights import tokenizer as tok
 
 KINDS = ("generated", "real", "baseline_front_copy")
 COLUMNS = ("sampson_median_px", "inlier_fraction", "matches", "inliers", "psnr_db", "ssim")
@@ -57,7 +58,7 @@ def evaluate(checkpoint: str, dataset_dir: str, clips: int = 4, n_views: int = 0
              guidance: float = 7.0, frames: int = 6, seed: int = 1, weights: str = "ema", out: str | None = None
              ) -> dict:
     t0 = time.time()
-    loaded, mesh = inference.on_context_mesh(inference.load(checkpoint, weights), 1)
+    loaded, mesh = inference.on_context_mesh(dit.load(checkpoint, weights), 1)
     config = loaded.config
     held = os.path.join(dataset_dir, "heldout")
     root = held if os.path.isdir(os.path.join(held, "videos")) else dataset_dir

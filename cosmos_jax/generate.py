@@ -32,8 +32,9 @@ from tqdm import tqdm
 from cosmos_jax import inference, sharding
 from cosmos_jax.data import pickles
 from cosmos_jax.data import video as video_io
-from cosmos_jax.models import tokenizer as tok
 from cosmos_jax.rig import Rig
+from cosmos_jax.weights import dit
+from cosmos_jax.weights import tokenizer as tok
 
 T5_CONVERTED = "checkpoints/google-t5/t5-11b_orbax"  # python -m converters.t5_to_orbax --dst
 PROMPT_FLAGS = ("prompt", "prompt_left", "prompt_right", "prompt_back", "prompt_back_left", "prompt_back_right")
@@ -93,13 +94,13 @@ def text_embeddings(f, config, rig: Rig) -> tuple[np.ndarray, list[str]]:
             raise ValueError(f"--prompt_pickles: {len(paths)} files for {len(rig.names)} views")
         embs = [pickles.read_embedding(p, width) for p in paths]
     else:
-        from cosmos_jax.data.embed_captions import load_encoder
+        from cosmos_jax.weights import t5 as t5_weights
 
         t5 = f.t5 or next((d for d in (os.path.join(config.data.dataset_dir, "t5"), T5_CONVERTED,
                                        "checkpoints/google-t5/t5-11b") if os.path.isdir(d)), None)
         if t5 is None:
             raise FileNotFoundError("no text encoder: pass --t5 DIR or --prompt_pickles")
-        enc = load_encoder(t5)  # a converted T5 (converters.t5_to_orbax) or a synthetic dataset's tiny T5
+        enc = t5_weights.load_encoder(t5)  # a converted T5 (converters.t5_to_orbax) or a synthetic dataset's tiny T5
         embs = enc.embed(prompts)
         if embs[0].shape[1] != width:
             raise ValueError(f"{t5}: embeddings of width {embs[0].shape[1]}, the network expects {width}")
@@ -108,7 +109,7 @@ def text_embeddings(f, config, rig: Rig) -> tuple[np.ndarray, list[str]]:
 
 def run(f) -> dict:
     t0 = time.time()
-    loaded = inference.load(f.checkpoint, f.weights, f.config)
+    loaded = dit.load(f.checkpoint, f.weights, f.config)
     loaded, mesh = inference.on_context_mesh(loaded, f.context)
     config = loaded.config
     rig = Rig.upstream(f.n_views) if f.rig == "upstream" else Rig.training(config, f.n_views)

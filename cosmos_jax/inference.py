@@ -1,5 +1,5 @@
-"""View extension with a trained network: load weights from any of our checkpoint forms, build upstream's inference
-condition, sample, decode. Used by `python -m cosmos_jax.generate`.
+"""View extension with a trained network (loaded by cosmos_jax/weights/dit.py's `load` from any of our checkpoint
+forms): build upstream's inference condition, sample, decode. Used by `python -m cosmos_jax.generate`.
 
 Upstream (docs/upstream.md §8): the front view is the clean condition (`first_cam`); Video2World also pins the
 first latent frames of every view (`first_cam_and_first_n`, from the last 1 or 9 frames of an initial video);
@@ -10,72 +10,20 @@ F = F_c + g (F_c - F_u) on the raw output, F_u with the text zeroed.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from cosmos_jax import checkpoint, sharding
-from cosmos_jax import train_state as ts
+from cosmos_jax import sharding
 from cosmos_jax.diffusion import conditioning
 from cosmos_jax.diffusion import denoise as dn
-from cosmos_jax.models import build
 from cosmos_jax.rig import Rig
 from cosmos_jax.samples import ViewExtender
+from cosmos_jax.weights import dit
 
 
-@dataclasses.dataclass
-class Loaded:
-    config: ml_collections.ConfigDict
-    graphdef: object
-    params: dict
-    buffers: dict
-    source: str
-
-
-def load(checkpoint_path: str, weights: str = "ema", config=None) -> Loaded:
-    """A job directory (network rebuilt from its saved config.json; EMA or reg weights), its orbax/ folder,
-    converted base weights (meta.json) or an upstream `.pt` (these two need `config` for the network)."""
-    if weights not in ("ema", "reg"):
-        raise ValueError(f"--weights={weights!r}: expected 'ema' or 'reg'")
-    path = checkpoint_path.rstrip("/")
-    job = os.path.dirname(path) if os.path.basename(path) == "orbax" else path
-    if os.path.isfile(os.path.join(job, "config.json")) and os.path.isdir(os.path.join(job, "orbax")):
-        with open(os.path.join(job, "config.json")) as f:
-            config = ml_collections.ConfigDict(json.load(f))
-        step, tree = checkpoint.restore_job_weights(job)
-        params, source = tree["ema" if weights == "ema" else "params"], f"{job} step {step} ({weights})"
-        buffers = tree["buffers"]
-    else:
-        if config is None:
-            raise ValueError(f"{checkpoint_path}: not a job directory; give --config for its network")
-        cfg = build.dit_config(config)
-        if os.path.isfile(os.path.join(path, "meta.json")):
-            from cosmos_jax import base_weights
-
-            flat = {p: np.asarray(a) for p, a in ts.flat(_restore_base(path, cfg, base_weights)).items()}
-        elif path.endswith((".pt", ".pth")) and os.path.isfile(path):
-            from converters import keymap
-            from converters import load as pt_load
-
-            buffers = {e.path for e in keymap.ENTRIES if e.buffer}
-            flat = {("buffers" if p in buffers else "params", *p): a
-                    for p, a in pt_load.pt_to_tree(path, build.abstract(cfg)).items()}
-        else:
-            raise FileNotFoundError(f"{checkpoint_path}: expected a job directory, converted base weights "
-                                    "(meta.json) or a .pt file")
-        tree = ts.unflat(flat)
-        params, buffers, source = tree["params"], tree["buffers"], path
-    graphdef, p_abs, b_abs = ts.split(build.abstract(build.dit_config(config)))
-    params = jax.tree.map(lambda a, t: jnp.asarray(a, t.dtype), params, p_abs)
-    buffers = jax.tree.map(lambda a, t: jnp.asarray(a, t.dtype), buffers, b_abs)
-    return Loaded(config, graphdef, params, buffers, source)
-
-
-def on_context_mesh(loaded: Loaded, context: int) -> tuple[Loaded, jax.sharding.Mesh]:
+def on_context_mesh(loaded: dit.Loaded, context: int) -> tuple[dit.Loaded, jax.sharding.Mesh]:
     """The weights replicated on the first `context` devices and a mesh that splits each sample's tokens over them
     (Ulysses attention): run `view_extend` under `sharding.activate(mesh)`. For 6 views (110,592 tokens) of the 7B."""
     if context < 1 or context > jax.device_count():
@@ -86,15 +34,7 @@ def on_context_mesh(loaded: Loaded, context: int) -> tuple[Loaded, jax.sharding.
     return dataclasses.replace(loaded, params=put(loaded.params), buffers=put(loaded.buffers)), mesh
 
 
-def _restore_base(path, cfg, base_weights):
-    _, p_abs, b_abs = ts.split(build.abstract(cfg))
-    target = {"params": p_abs, "buffers": b_abs}
-    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), target)
-    dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    return base_weights.restore(path, target, jax.tree.map(lambda _: dev, target))
-
-
-def view_extend(loaded: Loaded, tokenizer, front_video_FHW3: np.ndarray, text_VSE: np.ndarray, rig: Rig,
+def view_extend(loaded: dit.Loaded, tokenizer, front_video_FHW3: np.ndarray, text_VSE: np.ndarray, rig: Rig,
                 fps: float, key, num_steps: int = 35, guidance: float = 7.0, initial_VFHW3: np.ndarray | None = None,
                 num_condition_t: int = 0, callback=None) -> tuple[np.ndarray, np.ndarray]:
     """(generated pixels uint8 [V, F, H, W, 3], condition latents [1, V, T, h, w, C])."""

@@ -1,17 +1,13 @@
-"""LoRA adapters: merging them into the base weights, and exporting them alone.
+"""LoRA adapters: their scale and merging them into the base weights.
 
 Training with `config.lora.rank > 0` adds `nnx.LoRAParam` adapters (lora_a [in, r], lora_b [r, out]) to the block
 linears named in `config.lora.targets` (upstream names: to_q, to_k, to_v, to_out, layer1, layer2, or longer
 dotted suffixes such as blocks.0.block.attn.to_q for the self-attention only); the base stays frozen in the compute
-dtype; only the adapters are optimised and averaged by the EMA. Exports: the merged network as upstream `.pt`
-(W' = W + (alpha/r) A B), and the adapters alone as safetensors with PEFT-style names
-(`<upstream module>.lora_A.weight` [r, in], `.lora_B.weight` [out, r]) plus a JSON config.
+dtype; only the adapters are optimised and averaged by the EMA. Exports (cosmos_jax/weights/export.py): the merged
+network as upstream `.pt` (W' = W + (alpha/r) A B), and the adapters alone in PEFT's layout.
 """
 
 from __future__ import annotations
-
-import json
-import os
 
 import numpy as np
 
@@ -38,28 +34,3 @@ def merge(flat_tree: dict[tuple[str, ...], np.ndarray], scale: float) -> dict[tu
         delta = np.einsum("...ir,...ro->...io", np.asarray(a, np.float32), b) * scale
         out[kernel] = (np.asarray(out[kernel], np.float32) + delta).astype(out[kernel].dtype)
     return out
-
-
-def export_adapters(flat_tree: dict, num_blocks: int, path_stem: str, rank: int, alpha: float, targets) -> str:
-    """`<stem>.safetensors` + `<stem>.json`: the adapters under upstream module names (PEFT layout)."""
-    from safetensors.numpy import save_file
-
-    from converters import keymap
-
-    by_path = {e.path[:-1]: e for e in keymap.ENTRIES if e.stacked and e.path[-1] == "kernel"}
-    tensors = {}
-    for p, a in flat_tree.items():
-        if p[-1] not in LORA_LEAVES:
-            continue
-        entry = by_path[p[:-1]]
-        module = entry.torch_key.removesuffix(".weight")
-        name = "lora_A" if p[-1] == "lora_a" else "lora_B"
-        for i in range(num_blocks):
-            tensors[f"{module.format(i=i)}.{name}.weight"] = np.ascontiguousarray(np.asarray(a[i], np.float32).T)
-    tmp = f"{path_stem}.safetensors.tmp"
-    save_file(tensors, tmp)
-    os.replace(tmp, f"{path_stem}.safetensors")
-    with open(f"{path_stem}.json", "w") as f:
-        json.dump({"r": rank, "lora_alpha": alpha, "target_modules": list(targets), "scale": scale(rank, alpha),
-                   "format": "W' = W + lora_alpha / r * B @ A (torch layout)"}, f, indent=2)
-    return f"{path_stem}.safetensors"

@@ -21,23 +21,24 @@ from absl import app, flags
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from cosmos_jax import checkpoint, config_check, distributed, flops, job, optim, sharding
+from cosmos_jax import config_check, distributed, flops, job, optim, sharding
 from cosmos_jax import step as step_lib
 from cosmos_jax import train_state as ts
 from cosmos_jax.data import dataset, pipeline
 from cosmos_jax.data.latent_cache import LatentCacheSource
 from cosmos_jax.models import build
-from cosmos_jax.models import tokenizer as tok
-from cosmos_jax.train_phases import Phases, base_id, fresh_state, log_compiled
+from cosmos_jax.train_phases import Phases, base_id, log_compiled
 from cosmos_jax.utils import memory
 from cosmos_jax.utils import metrics as metrics_lib
 from cosmos_jax.validation import Validator
+from cosmos_jax.weights import checkpoint, dit
+from cosmos_jax.weights import tokenizer as tok
 
 log = logging.getLogger("cosmos_jax.train")
 STEP_KEYS = ("video", "latents", "text", "view_idx", "fps", "frame_repeat")
 job_dir = job.job_dir
 # Mistakes of the user's making: the CLI prints their message as one line and exits 1.
-USER_ERRORS = (config_check.ConfigError, job.RerunConfigError, checkpoint.WeightsMismatchError,
+USER_ERRORS = (config_check.ConfigError, job.RerunConfigError, dit.WeightsMismatchError,
                checkpoint.SaveError, dataset.BadSampleError, FileNotFoundError)
 
 
@@ -139,7 +140,7 @@ def _train(config, mesh, progress: bool) -> dict:
                               config.checkpoint.concurrent_gb)
     t0 = time.time()
     if latest is not None:
-        base = fresh_state(config, cfg_dit, tx, mesh, abstract, shardings) if lora_job else None
+        base = dit.fresh_state(config, cfg_dit, tx, mesh, abstract, shardings) if lora_job else None
         try:
             restored, data_state, meta = ckpt.restore(latest, checkpoint.saved_part(abstract, lora_job))
         except Exception as e:
@@ -154,7 +155,7 @@ def _train(config, mesh, progress: bool) -> dict:
         state_s = time.time() - t0
         log.info("resumed %s at step %d in %.1f s", jdir, latest, state_s)
     else:
-        state = fresh_state(config, cfg_dit, tx, mesh, abstract, shardings)
+        state = dit.fresh_state(config, cfg_dit, tx, mesh, abstract, shardings)
         state_s = time.time() - t0
         log.info("state built in %.1f s (%s)", state_s,
                  f"base weights {config.checkpoint.load_path}" if config.checkpoint.load_path else "random init")

@@ -1,4 +1,4 @@
-"""The train loop's phases other than the step: the starting state, the compiled step's memory, and at each save
+"""The train loop's phases other than the step: the frozen base's identity, the compiled step's memory, and at each save
 the checkpoint, the `.pt` export and validation, each logged at INFO with its seconds and sizes.
 
 Saves never leave a partial file: Orbax writes a temporary folder and renames it; the `.pt` writer writes a
@@ -14,9 +14,9 @@ import time
 
 import jax
 
-from cosmos_jax import checkpoint, lora, sharding
-from cosmos_jax import train_state as ts
+from cosmos_jax import lora, sharding
 from cosmos_jax.utils import memory
+from cosmos_jax.weights import checkpoint, export, folder, tree
 
 log = logging.getLogger("cosmos_jax.train")
 
@@ -27,45 +27,9 @@ def base_id(config) -> dict:
     if not path:
         return {"random_init_seed": int(config.seed)}
     out = {"load_path": path}
-    marker = os.path.join(path, "meta.json")
-    if os.path.isfile(marker):
-        out["meta_mtime_ns"] = os.stat(marker).st_mtime_ns
+    if folder.MARKER.marked(path):
+        out["meta_mtime_ns"] = os.stat(folder.MARKER.path(path)).st_mtime_ns
     return out
-
-
-def fresh_state(config, cfg_dit, tx, mesh, abstract, shardings) -> dict:
-    """A new job's state: initialised from the seed, then the base weights of `checkpoint.load_path` (converted
-    folder or job directory) loaded over params and buffers; the EMA restarts from the params."""
-    state = ts.create(cfg_dit, tx, mesh, shardings, config.seed)
-    path = config.checkpoint.load_path
-    if path:
-        if os.path.isfile(os.path.join(path, "config.json")):  # a job directory: its latest regular weights
-            params, buffers = job_weights(path, abstract, shardings)
-        else:
-            params, buffers = checkpoint.load_weights(path, abstract, shardings)
-        state = ts.with_weights(state, params, buffers, shardings)
-    return state
-
-
-def job_weights(job_dir: str, abstract, shardings) -> tuple[dict, dict]:
-    """A full-fine-tune job's latest regular params and buffers, placed on this state's shardings."""
-    step, tree = checkpoint.restore_job_weights(job_dir)
-    if lora.has_lora(ts.flat(tree["params"])):
-        raise FileNotFoundError(f"checkpoint.load_path={job_dir} is a LoRA job; use its merged export as the base: "
-                                f"python -m converters.dit_to_orbax --src {job_dir}/checkpoints/"
-                                f"iter_{step:09d}_reg_model.pt --dst DIR")
-    # where each upstream tensor lives in this state (a LoRA state keeps the base kernels in `buffers`)
-    where = {p: top for top in ("params", "buffers") for p in ts.flat(abstract[top]) if p[-1] not in lora.LORA_LEAVES}
-    want = {p: tuple(a.shape) for top in ("params", "buffers") for p, a in ts.flat(abstract[top]).items() if p in where}
-    flat_sh = {**ts.flat(shardings["params"]), **ts.flat(shardings["buffers"])}
-    stored = {p: a for top in ("params", "buffers") for p, a in ts.flat(tree[top]).items()}
-    checkpoint.check_strict(f"{job_dir} step {step}", {p: a.shape for p, a in stored.items()}, want)
-    out = {"params": {}, "buffers": {}}
-    for p, a in stored.items():
-        out[where[p]][p] = jax.device_put(a, flat_sh[p])
-    out = {top: ts.unflat(t) for top, t in out.items()}
-    log.info("base weights: %s step %d (regular weights)", job_dir, step)
-    return out["params"], out["buffers"]
 
 
 def log_compiled(compiled, seconds: float) -> None:
@@ -105,8 +69,6 @@ class Phases:
     def export(self, state, step: int) -> None:
         """Reg (bf16) + EMA (fp32) `.pt` in upstream's layout, keeping the newest
         `checkpoint.export_max_to_keep` (default: `checkpoint.max_to_keep`); LoRA adapters also alone."""
-        from cosmos_jax import export
-
         c = self.config.checkpoint
         keep = c.get("export_max_to_keep", None) or c.max_to_keep
         t, rss0 = time.time(), memory.rss_gb()
@@ -119,14 +81,15 @@ class Phases:
                 for p in checkpoint.prune_exports(self.out_dir, keep):
                     log.info("removed %s (checkpoint.export_max_to_keep=%d)", p, keep)
                 checkpoint.ensure_space(self.out_dir, needed, f"the .pt export of step {step}",
-                                        self.ckpt.last_complete())
+                                        checkpoint.last_checkpoint_advice(self.ckpt.last_complete()),
+                                        checkpoint.SaveError)
             export.export_pt(state, self.cfg.num_blocks, self.out_dir, step, lora_scale=scale)
             if self.cfg.lora_rank:
-                adapters = ts.flat(sharding.to_host(state["params"]))
+                adapters = tree.flat(sharding.to_host(state["params"]))
                 if jax.process_index() == 0:
-                    lora.export_adapters(adapters, self.cfg.num_blocks,
-                                         os.path.join(self.out_dir, f"iter_{step:09d}_lora"), self.cfg.lora_rank,
-                                         self.cfg.lora_alpha, self.cfg.lora_targets)
+                    export.export_adapters(adapters, self.cfg.num_blocks,
+                                           os.path.join(self.out_dir, f"iter_{step:09d}_lora"), self.cfg.lora_rank,
+                                           self.cfg.lora_alpha, self.cfg.lora_targets)
         except checkpoint.SaveError:
             self.ckpt.wait()  # the Orbax checkpoint of this step completes (or its own failure is raised)
             raise

@@ -14,7 +14,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import NamedSharding
@@ -24,6 +23,7 @@ from cosmos_jax import offload as offload_lib
 from cosmos_jax import sharding
 from cosmos_jax.models.dit import DiffusionNet, DiTConfig
 from cosmos_jax.models.layers import Buffer
+from cosmos_jax.weights import tree
 
 State = dict[str, Any]
 
@@ -63,8 +63,8 @@ def _init_fn(cfg: DiTConfig, tx: optax.GradientTransformation, seed: int):
         _, params, buffers = split(model)
         if cfg.lora_rank:  # the frozen base is only read: keep it in the compute dtype (7B: 14.5 GB in bf16)
             kinds = {tuple(map(str, p)): type(v) for p, v in nnx.to_flat_state(nnx.state(model))}
-            buffers = unflat({p: a.astype(cfg.dtype) if kinds[p] is nnx.Param else a
-                              for p, a in flat(buffers).items()})
+            buffers = tree.unflat({p: a.astype(cfg.dtype) if kinds[p] is nnx.Param else a
+                                   for p, a in tree.flat(buffers).items()})
         return {"step": jnp.zeros((), jnp.int32), "params": params, "buffers": buffers,
                 "opt_state": tx.init(params), "ema": jax.tree.map(lambda p: p.astype(jnp.float32), params)}
     return init
@@ -100,38 +100,15 @@ def create(cfg: DiTConfig, tx: optax.GradientTransformation, mesh, shardings, se
                 for name, sh in shardings.items()}
 
 
-def flat(tree: dict) -> dict[tuple[str, ...], Any]:
-    """Nested dict -> {path tuple: leaf}."""
-    out = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        out[tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)] = leaf
-    return out
-
-
-def unflat(flat_tree: dict[tuple[str, ...], Any]) -> dict:
-    out: dict = {}
-    for path, leaf in flat_tree.items():
-        node = out
-        for k in path[:-1]:
-            node = node.setdefault(k, {})
-        node[path[-1]] = leaf
-    return out
-
-
-def model_tree(state: State) -> dict[tuple[str, ...], np.ndarray]:
-    """{path: array} of params and buffers together (the layout of converters/keymap.py)."""
-    return {**flat(state["params"]), **flat(state["buffers"])}
-
-
 def with_weights(state: State, params: dict, buffers: dict, shardings) -> State:
     """The state with base weights loaded (a new job): params and buffers replaced where given, the EMA restarted
     from the params (with LoRA the loaded base is frozen in `buffers`; adapters keep their initialisation)."""
-    def put(tree, new, sh):
-        flat_new, flat_sh = flat(new), flat(sh)
+    def put(old, new, sh):
+        flat_new, flat_sh = tree.flat(new), tree.flat(sh)
         # cast first, place last: every leaf ends on the state's NamedSharding (an eager astype after the
         # placement can leave another sharding type, and jitted callers would compile twice)
-        return unflat({p: jax.device_put(jnp.asarray(flat_new[p]).astype(a.dtype), flat_sh[p]) if p in flat_new
-                       else a for p, a in flat(tree).items()})
+        return tree.unflat({p: jax.device_put(jnp.asarray(flat_new[p]).astype(a.dtype), flat_sh[p])
+                            if p in flat_new else a for p, a in tree.flat(old).items()})
     out = dict(state)
     out["params"] = put(state["params"], params, shardings["params"])
     out["buffers"] = put(state["buffers"], buffers, shardings["buffers"])

@@ -1,4 +1,4 @@
-"""Peak memory of `converters.dit_to_orbax` on synthetic `.pt` files of 2, 4 and 8 blocks at the 7B width.
+"""Peak memory of the DiT conversion (cosmos_jax/weights/dit.py) on synthetic `.pt` files of 2, 4 and 8 blocks.
 
 `python scripts/bench_convert_memory.py [--blocks 2,4,8] [--dtype bfloat16] [--work /tmp/...]`: writes random
 state dicts with the 7B network's keys and shapes (num_blocks changed), converts each in a fresh process and reads
@@ -26,9 +26,9 @@ F = flags.FLAGS
 CONVERT = """
 import sys
 from configs import waymo
-from converters import dit_to_orbax
+from cosmos_jax.weights import dit
 c = waymo.get_config(); c.model.num_blocks = int(sys.argv[3])
-s = dit_to_orbax.convert(sys.argv[1], sys.argv[2], c, overwrite=True)
+s = dit.convert(sys.argv[1], sys.argv[2], c, overwrite=True)
 print(s["peak_rss_mb"], s["seconds"])
 """
 
@@ -38,8 +38,7 @@ def main(argv):
     import torch
 
     from configs import waymo
-    from converters import keymap
-    from cosmos_jax.models import build
+    from cosmos_jax.weights import dit, keymap
 
     os.makedirs(F.work, exist_ok=True)
     dtype = getattr(torch, F.dtype)
@@ -47,7 +46,7 @@ def main(argv):
     for n in [int(b) for b in F.blocks.split(",")]:
         c = waymo.get_config()
         c.model.num_blocks = n
-        table = keymap.torch_table(build.flat_shapes(build.abstract(build.dit_config(c))), n)
+        table = keymap.torch_table(*dit.config_shapes(c))
         src = os.path.join(F.work, f"dit_{n}blocks.pt")
         if not os.path.exists(src):
             torch.save({k: torch.randn(s, dtype=dtype) for k, s in table}, src)

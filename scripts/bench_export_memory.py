@@ -1,4 +1,4 @@
-"""Peak host memory of the streaming `.pt` export (cosmos_jax/export.py) at the 7B width, 2, 4 and 8 blocks.
+"""Peak host memory of the streaming `.pt` export (cosmos_jax/weights/export.py) at the 7B width, 2, 4 and 8 blocks.
 
 `python scripts/bench_export_memory.py [--blocks 2,4,8] [--modes full,lora] [--work /tmp/...]`: for each block
 count and mode, in a fresh process, builds only what the export reads (random values, configs/waymo.py with
@@ -41,9 +41,10 @@ import json, os, sys, threading, time
 mode, n, work = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 import jax, jax.numpy as jnp, numpy as np
 from configs import waymo
-from cosmos_jax import export, lora, optim, sharding
+from cosmos_jax import lora, optim, sharding
 from cosmos_jax import train_state as ts
 from cosmos_jax.models import build
+from cosmos_jax.weights import export, tree
 
 GB = 1e9
 def status(key):
@@ -68,13 +69,13 @@ def fill(a, sh, seed):  # one leaf at a time, so that building the state needs n
 state = {}
 seed = 0
 for top in ("params", "buffers", "ema"):
-    flat, sh = ts.flat(abstract[top]), ts.flat(shardings[top])
+    flat, sh = tree.flat(abstract[top]), tree.flat(shardings[top])
     out = {}
     for p, a in flat.items():
         out[p] = fill(a, sh[p], seed)
         seed += 1
         out[p].block_until_ready()
-    state[top] = ts.unflat(out)
+    state[top] = tree.unflat(out)
 model_bytes = sum(a.nbytes for a in jax.tree.leaves(state))
 scale = lora.scale(cfg.lora_rank, cfg.lora_alpha)
 out_dir = os.path.join(work, f"{mode}_{n}")

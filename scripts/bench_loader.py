@@ -82,12 +82,12 @@ def main(argv):
     spec = dataset.DataSpec.from_config(config)
     if F.source == "cache":
         from cosmos_jax.data import encode_latents, latent_cache
-        from cosmos_jax.models import tokenizer as tok
+        from cosmos_jax.weights import tokenizer as tok
 
         cache = os.path.join(F.work, f"{F.shape}_cache")
         if not os.path.isfile(os.path.join(cache, "index.json")):
             encode_latents.encode(config, cache, progress=False)
-        source = latent_cache.LatentCacheSource(cache, spec, tok.from_config(config))
+        source = latent_cache.LatentCacheSource(cache, spec, tok.from_config(config).norm)
     else:
         source = dataset.MultiviewWindows(spec)
     t_build = time.time() - t0

@@ -41,6 +41,7 @@ from huggingface_hub.utils import (  # noqa: E402
 )
 
 from configs import waymo  # noqa: E402
+from cosmos_jax.weights import artifact  # noqa: E402
 
 GiB = 1 << 30
 
@@ -232,7 +233,7 @@ def convert(variant: str, checkpoint_dir: str) -> None:
     load_path = Path(waymo.VARIANTS[variant]["load_path"])
     src = Path(checkpoint_dir) / DIT_FOLDER / f"{variant}_model.pt"
     dst = Path(checkpoint_dir) / DIT_FOLDER / load_path.name
-    if (dst / "meta.json").is_file():
+    if artifact.DIT.marked(str(dst)):
         print(f"[convert] {dst}: exists")
         return
     if not src.is_file():
@@ -252,12 +253,12 @@ def convert(variant: str, checkpoint_dir: str) -> None:
         raise DownloadError(f"[convert] not enough disk to convert {src.name}: needs about {need_disk / GiB:.1f} GiB "
                             f"(about the .pt size) under {dst}, {have_disk / GiB:.2f} GiB free. Free space and rerun "
                             f"with --convert, or: {redo}")
-    from converters import dit_to_orbax, keymap
-    from converters.pt_reader import PtFormatError
+    from cosmos_jax.weights import dit, keymap
+    from cosmos_jax.weights.pt import PtFormatError
 
     print(f"[convert] {src} -> {dst} ...", flush=True)
     try:
-        summary = dit_to_orbax.convert(str(src), str(dst), config)
+        summary = dit.convert(str(src), str(dst), config)
     except (keymap.StrictLoadError, PtFormatError) as e:
         raise DownloadError(f"[convert] {src}: {e}") from e
     print("[convert] " + " ".join(f"{k}={v}" for k, v in summary.items()))

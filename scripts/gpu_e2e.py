@@ -151,7 +151,7 @@ def main(argv):
     cpu = {"JAX_PLATFORMS": "cpu"}
 
     def exporting_last() -> bool:  # step 2's checkpoint is complete and its .pt export is being written
-        from cosmos_jax import checkpoint
+        from cosmos_jax.weights import checkpoint
 
         return (2 in checkpoint.complete_steps(jdir)
                 and bool(glob.glob(os.path.join(jdir, "checkpoints", "iter_000000002_*.pt.tmp-*"))))

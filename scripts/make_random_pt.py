@@ -3,8 +3,8 @@
     python scripts/make_random_pt.py --config=configs/waymo.py --dst /tmp/dit_7b.pt [--dtype bfloat16] [--seed 0]
 
 The network is initialised on the default device (our init, upstream's key names and shapes through
-converters/keymap.py) and streamed to the file one tensor at a time with the same writer as the training export, so
-host memory stays at about one tensor. `python -m converters.dit_to_orbax` converts it like `t2w_model.pt`.
+cosmos_jax/weights/keymap.py) and streamed to the file one tensor at a time with the same writer as the training
+export, so host memory stays at about one tensor. `python -m converters.dit_to_orbax` converts it like `t2w_model.pt`.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from flax import nnx
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from converters import keymap, pt_io  # noqa: E402
 from cosmos_jax import train_state as ts  # noqa: E402
 from cosmos_jax.models import build  # noqa: E402
 from cosmos_jax.models.dit import DiffusionNet  # noqa: E402
+from cosmos_jax.weights import keymap, pt, tree  # noqa: E402
 
 config_flags.DEFINE_config_file("config", "configs/waymo.py", "config whose network is made")
 flags.DEFINE_string("dst", None, "output .pt", required=True)
@@ -45,7 +45,7 @@ def make(config, dst: str, dtype: str = "bfloat16", seed: int = 0, perturb: floa
     def init():
         with nnx.use_eager_sharding(False):
             _, params, buffers = ts.split(DiffusionNet(cfg, rngs=nnx.Rngs(seed)))
-        return {**ts.flat(params), **ts.flat(buffers)}
+        return {**tree.flat(params), **tree.flat(buffers)}
 
     t = time.time()
     flat = jax.jit(init)()
@@ -62,7 +62,7 @@ def make(config, dst: str, dtype: str = "bfloat16", seed: int = 0, perturb: floa
                    static_argnums=2)
     whole = jax.jit(lambda x, transpose: (x.T if transpose else x).astype(out_dtype), static_argnums=1)
     t = time.time()
-    w = pt_io.PtWriter(dst, [(k, s, out_dtype) for k, s in table])
+    w = pt.PtWriter(dst, [(k, s, out_dtype) for k, s in table])
     try:
         for key, e, i in keymap.expand(n):
             x = flat[e.path]

@@ -230,20 +230,21 @@ def tiny_dit_cache(dl, tmp_path, monkeypatch):
 
 
 def test_convert_writes_the_configs_load_path_folder(dl, tmp_path, capsys, tiny_dit_cache):
-    from cosmos_jax import base_weights
+    from cosmos_jax.weights import folder
 
     ckpt = tmp_path / "ckpt"
     argv = ["--checkpoint_dir", str(ckpt), "--cache_dir", str(tiny_dit_cache), "--model_types", "t2w", "--convert"]
     rc, out, err = run(dl, capsys, *argv)
     assert rc == 0, err
     dst = ckpt / dl.DIT_FOLDER / "t2w_model_orbax"
-    meta = base_weights.read_meta(str(dst))
+    meta = folder.read_meta(str(dst))
     assert meta["num_blocks"] == 2 and meta["source"] == str((ckpt / dl.DIT_FOLDER / "t2w_model.pt").resolve())
     assert "tensors=54" in out and "--config.checkpoint.load_path=" in out  # ckpt is not ./checkpoints
     stamp = (dst / "meta.json").stat().st_mtime_ns
     rc, out, _ = run(dl, capsys, *argv)  # idempotent
     assert rc == 0 and f"{dst}: exists" in out and (dst / "meta.json").stat().st_mtime_ns == stamp
-    assert json.loads((dst / "meta.json").read_text())["format"] == base_weights.FORMAT
+    # the format string of folders converted before weights/ existed: they still load
+    assert json.loads((dst / "meta.json").read_text())["format"] == folder.MARKER.format == "cosmos_jax.base_weights/1"
 
 
 def test_convert_refuses_without_memory_or_disk(dl, tmp_path, capsys, monkeypatch, tiny_dit_cache):

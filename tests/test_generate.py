@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 
 from configs import demo
-from cosmos_jax import checkpoint, inference, optim, sharding
+from cosmos_jax import inference, optim, sharding
 from cosmos_jax import train_state as ts
 from cosmos_jax.data import video as video_io
 from cosmos_jax.diffusion import conditioning, sampler
 from cosmos_jax.models import build
-from cosmos_jax.models import tokenizer as tok
 from cosmos_jax.rig import Rig
+from cosmos_jax.weights import checkpoint, dit, export
+from cosmos_jax.weights import tokenizer as tok
 from tests.data import fixtures as fx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,7 +47,7 @@ def job(tmp_path_factory):
     m = checkpoint.Manager(str(jdir), 1, async_save=False)
     m.save(3, state, {}, {})
     m.close()
-    checkpoint.export_pt(state, 1, str(jdir / "checkpoints"), 3)
+    export.export_pt(state, 1, str(jdir / "checkpoints"), 3)
     front = root / "front.mp4"
     fx.write_video(str(front), 12, h=16, w=32)
     return c, str(jdir), str(front)
@@ -66,7 +67,7 @@ def run(loaded, front_path, guidance=7.0, seed=0, rig=None, steps=4):
 
 def test_condition_region_is_the_encoded_condition(job):
     c, jdir, front_path = job
-    loaded = inference.load(jdir)
+    loaded = dit.load(jdir)
     gen, gt = run(loaded, front_path)
     assert gen.shape == (5, 9, 16, 32, 3) and gen.dtype == np.uint8
     t = tok.from_config(c)
@@ -76,22 +77,22 @@ def test_condition_region_is_the_encoded_condition(job):
 
 def test_same_seed_same_video_and_pt_equals_job(job):
     c, jdir, front_path = job
-    a, _ = run(inference.load(jdir), front_path, seed=1)
-    b, _ = run(inference.load(jdir), front_path, seed=1)
+    a, _ = run(dit.load(jdir), front_path, seed=1)
+    b, _ = run(dit.load(jdir), front_path, seed=1)
     np.testing.assert_array_equal(a, b)
-    other, _ = run(inference.load(jdir), front_path, seed=2)
+    other, _ = run(dit.load(jdir), front_path, seed=2)
     assert not np.array_equal(a, other)
-    from_pt, _ = run(inference.load(os.path.join(jdir, "checkpoints/iter_000000003_ema_model.pt"),
-                                    config=inference.load(jdir).config), front_path, seed=1)
+    from_pt, _ = run(dit.load(os.path.join(jdir, "checkpoints/iter_000000003_ema_model.pt"),
+                              config=dit.load(jdir).config), front_path, seed=1)
     np.testing.assert_array_equal(a, from_pt)
-    reg, _ = run(inference.load(jdir, weights="reg"), front_path, seed=1)
+    reg, _ = run(dit.load(jdir, weights="reg"), front_path, seed=1)
     assert not np.array_equal(a, reg)
 
 
 def test_guidance_zero_is_the_conditional_pass_alone(job):
     """Upstream's guidance F = F_c + g (F_c - F_u): g = 0 is the conditional network alone."""
     c, jdir, front_path = job
-    loaded = inference.load(jdir)
+    loaded = dit.load(jdir)
     rig = Rig.training(c, 3)
     t = tok.from_config(c)
     front = video_io.read_frames(front_path, range(9), (16, 32))
@@ -150,11 +151,11 @@ def test_tokens_split_over_two_devices_give_the_same_video(job):
     from cosmos_jax import sharding
 
     c, jdir, front_path = job
-    want, _ = run(inference.load(jdir), front_path, seed=3)
-    loaded, mesh = inference.on_context_mesh(inference.load(jdir), 2)
+    want, _ = run(dit.load(jdir), front_path, seed=3)
+    loaded, mesh = inference.on_context_mesh(dit.load(jdir), 2)
     assert mesh.shape["context"] == 2
     with sharding.activate(mesh):
         got, _ = run(loaded, front_path, seed=3)
     assert np.abs(got.astype(int) - want.astype(int)).max() <= 1  # fp32 round-off may move a pixel by one level
     with pytest.raises(ValueError, match="--context=99"):
-        inference.on_context_mesh(inference.load(jdir), 99)
+        inference.on_context_mesh(dit.load(jdir), 99)

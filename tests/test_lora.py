@@ -12,11 +12,11 @@ import torch
 from flax import nnx
 
 from configs import demo
-from converters import keymap
-from cosmos_jax import checkpoint, lora, optim, sharding
+from cosmos_jax import lora, optim, sharding
 from cosmos_jax import step as step_lib
 from cosmos_jax import train_state as ts
 from cosmos_jax.models import build
+from cosmos_jax.weights import dit, export, keymap, tree
 from tests.conftest import tiny_dit_config
 from tests.models.test_dit import assert_close_f32, inputs
 
@@ -49,10 +49,10 @@ def test_merged_and_unmerged_forwards_agree():
     full = {tuple(map(str, p)): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model))}
     merged = lora.merge(full, 6.0 / 4)
     plain = build.create(tiny_dit_config())
-    build.load_flat(plain, merged)
+    dit.fill(plain, merged)
     assert_close_f32(plain.net(**x), y_lora)  # W + s A B rounded to fp32 vs x W + s (x A) B
     base = build.create(tiny_dit_config())
-    build.load_flat(base, {p: a for p, a in full.items() if p[-1] not in lora.LORA_LEAVES})
+    dit.fill(base, {p: a for p, a in full.items() if p[-1] not in lora.LORA_LEAVES})
     assert not np.allclose(np.asarray(base.net(**x)), np.asarray(y_lora), atol=1e-3)  # the adapters matter
 
 
@@ -70,9 +70,9 @@ def lora_run(tmp_path_factory):
     rng = np.random.default_rng(0)
     # a pretrained-like base: non-zero everywhere (a zero-initialised final layer would stop every gradient)
     _, p, b = ts.split(build.create(dataclasses_replace(cfg)))
-    base = {k: np.asarray(rng.standard_normal(a.shape) * 0.2, np.float32) for k, a in ts.flat(p).items()}
-    base.update(ts.flat(jax.device_get(b)))
-    state = ts.with_weights(state, {}, ts.unflat(base), shardings)
+    base = {k: np.asarray(rng.standard_normal(a.shape) * 0.2, np.float32) for k, a in tree.flat(p).items()}
+    base.update(tree.flat(jax.device_get(b)))
+    state = ts.with_weights(state, {}, tree.unflat(base), shardings)
     bt = {"latents": jnp.asarray(rng.standard_normal((1, 1, 3, 2, 2, 2, 16)) * 0.5, jnp.float32),
           "text": jnp.asarray(rng.standard_normal((1, 1, 3, 512, 8)), jnp.float32),
           "view_idx": jnp.asarray([[[0, 1, 2]]], jnp.int32), "fps": jnp.full((1, 1), 10.0),
@@ -87,28 +87,28 @@ def lora_run(tmp_path_factory):
 
 def test_only_adapters_train(lora_run):
     c, cfg, before, after, abstract, shardings, metrics, _ = lora_run
-    flat_p = ts.flat(before["params"])
+    flat_p = tree.flat(before["params"])
     assert flat_p and all(p[-1] in lora.LORA_LEAVES for p in flat_p)  # the optimizer sees adapters only
-    for p, a in ts.flat(before["buffers"]).items():  # frozen base and buffers: bit-identical after 2 steps
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(ts.flat(after["buffers"])[p]), err_msg=str(p))
-    kern = ts.flat(before["buffers"])[("net", "blocks", "fa", "attn", "to_q", "kernel")]
+    for p, a in tree.flat(before["buffers"]).items():  # frozen base and buffers: bit-identical after 2 steps
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(tree.flat(after["buffers"])[p]), err_msg=str(p))
+    kern = tree.flat(before["buffers"])[("net", "blocks", "fa", "attn", "to_q", "kernel")]
     assert kern.dtype == jnp.bfloat16  # frozen base kept in the compute dtype
     b_path = ("net", "blocks", "mlp", "mlp", "layer1", "lora_b")
-    assert not np.any(np.asarray(flat_p[b_path])) and np.any(np.asarray(ts.flat(after["params"])[b_path]))
+    assert not np.any(np.asarray(flat_p[b_path])) and np.any(np.asarray(tree.flat(after["params"])[b_path]))
     assert np.isfinite(float(metrics["loss"]))
 
 
 def test_exports_merged_pt_and_adapters(lora_run, tmp_path):
     c, cfg, before, after, abstract, shardings, _, _ = lora_run
-    reg, ema = checkpoint.export_pt(after, cfg.num_blocks, str(tmp_path), 2, lora_scale=cfg.lora_alpha / 4)
+    reg, ema = export.export_pt(after, cfg.num_blocks, str(tmp_path), 2, lora_scale=cfg.lora_alpha / 4)
     sd = torch.load(ema, weights_only=True)
-    table = keymap.torch_table(build.flat_shapes(build.abstract(cfg)), cfg.num_blocks)
+    table = keymap.torch_table(dit.shapes(build.abstract(cfg)), cfg.num_blocks)
     assert list(sd) == [k for k, _ in table]
-    flat_all = {**ts.flat(jax.device_get(after["ema"])), **ts.flat(jax.device_get(after["buffers"]))}
+    flat_all = {**tree.flat(jax.device_get(after["ema"])), **tree.flat(jax.device_get(after["buffers"]))}
     merged = lora.merge(flat_all, cfg.lora_alpha / 4)
     want = np.asarray(merged[("net", "blocks", "mlp", "mlp", "layer1", "kernel")][1], np.float32).T
     np.testing.assert_allclose(sd["net.blocks.block1.blocks.2.block.layer1.weight"].numpy(), want, rtol=1e-6)
-    path = lora.export_adapters(ts.flat(jax.device_get(after["params"])), cfg.num_blocks,
+    path = export.export_adapters(tree.flat(jax.device_get(after["params"])), cfg.num_blocks,
                                 str(tmp_path / "adapters"), 4, cfg.lora_alpha, cfg.lora_targets)
     from safetensors.numpy import load_file
 
@@ -125,13 +125,13 @@ def test_base_weights_load_into_the_frozen_base(lora_run, tmp_path):
     del full_cfg
     base = build.create(dataclasses_replace(cfg))
     _, p, b = ts.split(base)
-    checkpoint.save_weights(str(tmp_path / "base"), p, b)
-    params, buffers = checkpoint.load_weights(str(tmp_path / "base"), abstract, shardings)
+    dit.save_folder(str(tmp_path / "base"), p, b)
+    params, buffers = dit.load_into_state(str(tmp_path / "base"), abstract, shardings)
     state = ts.with_weights(before, params, buffers, shardings)
     k = ("net", "blocks", "ca", "attn", "to_v", "kernel")
-    np.testing.assert_array_equal(np.asarray(ts.flat(state["buffers"])[k], np.float32),
-                                  np.asarray(jnp.asarray(ts.flat(p)[k]).astype(jnp.bfloat16), np.float32))
-    np.testing.assert_array_equal(np.asarray(ts.flat(state["params"])[("net", "blocks", "ca", "attn", "to_v",
+    np.testing.assert_array_equal(np.asarray(tree.flat(state["buffers"])[k], np.float32),
+                                  np.asarray(jnp.asarray(tree.flat(p)[k]).astype(jnp.bfloat16), np.float32))
+    np.testing.assert_array_equal(np.asarray(tree.flat(state["params"])[("net", "blocks", "ca", "attn", "to_v",
                                                                         "lora_b")]), 0)
 
 

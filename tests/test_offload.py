@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 
 from configs import demo
-from cosmos_jax import checkpoint, offload, optim, sharding
+from cosmos_jax import offload, optim, sharding
 from cosmos_jax import step as step_lib
 from cosmos_jax import train_state as ts
 from cosmos_jax.models import build
-from cosmos_jax.models import tokenizer as tok
+from cosmos_jax.weights import checkpoint, tree
+from cosmos_jax.weights import tokenizer as tok
 
 BOTH = ("opt_state", "ema")
 
@@ -59,7 +60,7 @@ def kinds(tree):
 
 def assert_same_state(a, b, rtol):
     for part in ("params", "ema"):
-        for (p, x), y in zip(ts.flat(a[part]).items(), ts.flat(b[part]).values(), strict=True):
+        for (p, x), y in zip(tree.flat(a[part]).items(), tree.flat(b[part]).values(), strict=True):
             np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=1e-7, err_msg=f"{part} {p}")
     for x, y in zip(jax.tree.leaves(a["opt_state"]), jax.tree.leaves(b["opt_state"]), strict=True):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=1e-12)
@@ -80,8 +81,8 @@ def test_offloaded_steps_match_the_plain_step(mesh_spec, lora):
     # the EMA moved away from the weights and the weights from their start: the comparison is not vacuous
     start = ts.create(build.dit_config(tiny((), lora)), optim.make(tiny()), mesh,
                       ts.layout(build.dit_config(tiny((), lora)), optim.make(tiny()), mesh)[2])
-    k = next(iter(ts.flat(plain["params"])))
-    assert not np.allclose(np.asarray(ts.flat(plain["params"])[k]), np.asarray(ts.flat(start["params"])[k]))
+    k = next(iter(tree.flat(plain["params"])))
+    assert not np.allclose(np.asarray(tree.flat(plain["params"])[k]), np.asarray(tree.flat(start["params"])[k]))
 
 
 def test_only_the_ema_offloaded():
@@ -129,8 +130,8 @@ def test_bad_offload_values(value, msg):
 
 
 def test_export_of_an_offloaded_state_is_the_same_file(tmp_path):
-    from cosmos_jax import export
-    from tests.test_export import members
+    from cosmos_jax.weights import export
+    from tests.weights.test_export import members
 
     mesh = sharding.make_mesh((("data", 1), ("fsdp", 1), ("context", 1)), devices=jax.devices()[:1])
     plain, _, _, _ = run(tiny(()), mesh, steps=1)

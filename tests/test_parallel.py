@@ -10,6 +10,7 @@ from cosmos_jax import optim, sharding
 from cosmos_jax import step as step_lib
 from cosmos_jax import train_state as ts
 from cosmos_jax.models import build
+from cosmos_jax.weights import tree
 
 MESHES = {"1 device": (1, 1, 1), "data=4": (4, 1, 1), "fsdp=4": (1, 4, 1), "context=4": (1, 1, 4),
           "data=2 fsdp=2 context=2": (2, 2, 2)}
@@ -37,10 +38,10 @@ def perturbed(state, shardings):
     """Every trained weight (and, with LoRA, every frozen base kernel) moved by N(0, 0.02): the zero-initialised
     adaLN and final layers would otherwise make the first losses independent of the network body. The same values on
     every mesh (partitionable threefry)."""
-    def move(tree, seed, only_kernels=False):
-        flat = ts.flat(tree)
+    def move(t, seed, only_kernels=False):
+        flat = tree.flat(t)
         keys = jax.random.split(jax.random.key(seed), len(flat))
-        return ts.unflat({p: a + 0.02 * jax.random.normal(k, a.shape, a.dtype)
+        return tree.unflat({p: a + 0.02 * jax.random.normal(k, a.shape, a.dtype)
                           if not only_kernels or p[-1] == "kernel" else a
                           for (p, a), k in zip(flat.items(), keys, strict=True)})
     params = jax.jit(lambda t: move(t, 7), out_shardings=shardings["params"])(state["params"])
@@ -73,7 +74,7 @@ def run(shape, lora=False, **model):
     # the parameters really are split: a block kernel's shard is 1/(fsdp*context) of it
     kernel = state["buffers" if lora else "params"]["net"]["blocks"]["mlp"]["mlp"]["layer1"]["kernel"]
     assert kernel.addressable_shards[0].data.size == kernel.size // (shape[1] * shape[2])
-    return losses, ts.flat(sharding.to_host(state["params"]))
+    return losses, tree.flat(sharding.to_host(state["params"]))
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,14 @@ import sys
 import jax
 import ml_dtypes
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from configs import demo
-from cosmos_jax import checkpoint, config_check, job, sharding, train
+from cosmos_jax import config_check, job, sharding, train
 from cosmos_jax import train_state as ts
 from cosmos_jax.models import build
+from cosmos_jax.weights import checkpoint, dit, tree
 from tests.data import fixtures as fx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,8 +62,8 @@ def base_weights(c, path, dtype):
         return jax.tree.map(lambda a: (np.asarray(a) if np.any(np.asarray(a)) else
                                        0.02 * rng.standard_normal(a.shape)).astype(dtype), t)
     params, buffers = cast(params), cast(buffers)
-    checkpoint.save_weights(path, params, buffers)
-    return {p: np.asarray(a, np.float32) for p, a in ts.flat(params).items()}
+    dit.save_folder(path, params, buffers)
+    return {p: np.asarray(a, np.float32) for p, a in tree.flat(params).items()}
 
 
 def config_without_lora(c):
@@ -80,8 +82,8 @@ def test_donated_steps_after_base_weights(mode, tmp_path):
     """The jitted, donated step runs on states made from fp32 and bf16 base weights (one compile per mode)."""
     from cosmos_jax import optim
     from cosmos_jax import step as step_lib
-    from cosmos_jax.models import tokenizer as tok
-    from cosmos_jax.train_phases import fresh_state
+    from cosmos_jax.weights import tokenizer as tok
+    from cosmos_jax.weights.dit import fresh_state
 
     c = demo.get_config()
     c.model.update(dict(model_channels=32, num_blocks=1, num_heads=2, crossattn_emb_channels=8, adaln_lora_dim=8))
@@ -106,7 +108,7 @@ def test_donated_steps_after_base_weights(mode, tmp_path):
         c.checkpoint.load_path = path
         with sharding.activate(mesh):
             state = fresh_state(c, cfg, tx, mesh, abstract, sh)
-            loaded = np.asarray(ts.flat(state["buffers" if mode == "lora" else "params"])[k], np.float32)
+            loaded = np.asarray(tree.flat(state["buffers" if mode == "lora" else "params"])[k], np.float32)
             np.testing.assert_array_equal(loaded, base[k].astype(dtype).astype(np.float32))
             for i in range(2):  # donated: fails with "donate the same buffer twice" if params and EMA alias
                 state, m = step(state, sharding.put_batch(host, batch_sh, 1), jax.random.key(i))
@@ -150,10 +152,10 @@ def test_lora_job_resumes_without_storing_the_base(lora_job):
     assert first["final"]["step"] == 2 and second["final"]["step"] == 3 and np.isfinite(second["final"]["loss"])
     jdir = second["job_dir"]
     for step in (2, 3):  # the frozen base is not in the checkpoints
-        md = checkpoint.ocp.PyTreeCheckpointer().metadata(os.path.join(jdir, "orbax", str(step), "state"))
+        md = ocp.PyTreeCheckpointer().metadata(os.path.join(jdir, "orbax", str(step), "state"))
         assert sorted(dict(getattr(md, "item_metadata", md))) == ["ema", "opt_state", "params", "step"]
-    _, tree = checkpoint.restore_job_weights(jdir)  # generate and orbax_to_pt re-read it from load_path
-    got = tree["buffers"]["net"]["blocks"]["fa"]["attn"]["to_q"]["kernel"]
+    _, restored = dit.restore_job_weights(jdir)  # generate and orbax_to_pt re-read it from load_path
+    got = restored["buffers"]["net"]["blocks"]["fa"]["attn"]["to_q"]["kernel"]
     want = base_weights(c, str(root / "again"), ml_dtypes.bfloat16)[("net", "blocks", "fa", "attn", "to_q", "kernel")]
     np.testing.assert_array_equal(np.asarray(got, np.float32), want.astype(ml_dtypes.bfloat16).astype(np.float32))
     rows = [json.loads(line) for line in open(os.path.join(jdir, "metrics.jsonl"))]
@@ -214,7 +216,7 @@ def test_full_disk_stops_at_once_and_leaves_the_last_checkpoint(data, tmp_path, 
     assert checkpoint.complete_steps(jdir) == [2, 4]  # the run stopped at its first save (step 6)
     assert not [n for n in os.listdir(os.path.join(jdir, "orbax")) if not n.isdigit() and "tmp" in n]
     assert not [n for n in os.listdir(os.path.join(jdir, "checkpoints")) if ".tmp" in n]
-    assert checkpoint.restore_job_weights(jdir)[0] == 4  # still loadable
+    assert dit.restore_job_weights(jdir)[0] == 4  # still loadable
     # Space for the checkpoint but not for the export: stops at the export, nothing partial, step 6 complete.
     monkeypatch.setattr(checkpoint, "free_bytes", lambda folder: 10**12 if folder.endswith("orbax") else 1000)
     with pytest.raises(checkpoint.SaveError, match=r"the \.pt export of step 6"):
@@ -278,7 +280,7 @@ def test_load_path_may_be_a_full_fine_tune_job(tmp_path, target):
     """A job directory as checkpoint.load_path: its regular weights land where this state keeps them (a LoRA state
     keeps the base kernels in `buffers`), strictly checked."""
     from cosmos_jax import optim
-    from cosmos_jax.train_phases import fresh_state
+    from cosmos_jax.weights.dit import fresh_state
 
     c = demo.get_config()
     c.model.update(dict(model_channels=32, num_blocks=1, num_heads=2, crossattn_emb_channels=8, adaln_lora_dim=8))
@@ -299,11 +301,11 @@ def test_load_path_may_be_a_full_fine_tune_job(tmp_path, target):
     _, abstract, tsh = ts.layout(tcfg, ttx, mesh, seed=0)
     state = fresh_state(t, tcfg, ttx, mesh, abstract, tsh)
     k = ("net", "blocks", "fa", "attn", "to_q", "kernel")
-    got = ts.flat(state["buffers" if target == "lora" else "params"])[k]
-    np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(ts.flat(src["params"])[k], np.float32))
+    got = tree.flat(state["buffers" if target == "lora" else "params"])[k]
+    np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(tree.flat(src["params"])[k], np.float32))
     bad = t.copy_and_resolve_references()
     bad.model.num_blocks = 2
     bcfg, btx = build.dit_config(bad), optim.make(bad)
     _, babs, bsh = ts.layout(bcfg, btx, mesh)
-    with pytest.raises(checkpoint.WeightsMismatchError, match="shape mismatch net/blocks/fa/attn/to_q/kernel"):
+    with pytest.raises(dit.WeightsMismatchError, match="shape mismatch net/blocks/fa/attn/to_q/kernel"):
         fresh_state(bad, bcfg, btx, mesh, babs, bsh)

@@ -15,7 +15,7 @@ from cosmos_jax import optim, sharding
 from cosmos_jax import step as step_lib
 from cosmos_jax import train_state as ts
 from cosmos_jax.models import build
-from cosmos_jax.models import tokenizer as tok
+from cosmos_jax.weights import tokenizer as tok
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from converters import keymap
-from cosmos_jax import checkpoint, optim, sharding
+from cosmos_jax import optim, sharding
 from cosmos_jax import train_state as ts
 from cosmos_jax.models import build
+from cosmos_jax.weights import checkpoint, dit, keymap, tree
 from tests.data import fixtures as fx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,7 +66,7 @@ def test_outputs_and_exports(uninterrupted):
     job = os.path.join(uninterrupted, "posttraining/demo/demo_single2multiview")
     cfg = json.load(open(os.path.join(job, "config.json")))
     assert cfg["max_iter"] == 6
-    table = keymap.torch_table(build.flat_shapes(build.abstract(build.dit_config(_config(cfg)))), 2)
+    table = keymap.torch_table(dit.shapes(build.abstract(build.dit_config(_config(cfg)))), 2)
     exported = sorted(os.listdir(os.path.join(job, "checkpoints")))
     assert exported == [f"iter_{s:09d}_{k}_model.pt" for s in (4, 6) for k in ("ema", "reg")]  # max_to_keep 2
     for step in (4, 6):
@@ -139,13 +139,13 @@ def layout():
 def test_base_weights_start_reg_and_ema(layout, tmp_path):
     c, cfg, tx, mesh, abstract, shardings = layout
     _, params, buffers = ts.split(build.create(cfg, seed=7))
-    checkpoint.save_weights(str(tmp_path / "base"), params, buffers)
+    dit.save_folder(str(tmp_path / "base"), params, buffers)
     state = ts.create(cfg, tx, mesh, shardings)
-    p, b = checkpoint.load_weights(str(tmp_path / "base"), abstract, shardings)
+    p, b = dit.load_into_state(str(tmp_path / "base"), abstract, shardings)
     state = ts.with_weights(state, p, b, shardings)
     k = ("net", "x_embedder", "kernel")
-    np.testing.assert_array_equal(ts.flat(state["params"])[k], ts.flat(params)[k])
-    np.testing.assert_array_equal(ts.flat(state["ema"])[k], ts.flat(params)[k])
+    np.testing.assert_array_equal(tree.flat(state["params"])[k], tree.flat(params)[k])
+    np.testing.assert_array_equal(tree.flat(state["ema"])[k], tree.flat(params)[k])
 
 
 @pytest.mark.parametrize("edit,msg", [
@@ -159,9 +159,9 @@ def test_non_strict_base_weights_are_refused(layout, tmp_path, edit, msg):
     _, params, buffers = ts.split(build.create(cfg))
     params = __import__("jax").device_get(params)
     edit(params)
-    checkpoint.save_weights(str(tmp_path / "bad"), params, buffers)
-    with pytest.raises(checkpoint.WeightsMismatchError, match=msg):
-        checkpoint.load_weights(str(tmp_path / "bad"), abstract, shardings)
+    dit.save_folder(str(tmp_path / "bad"), params, buffers)
+    with pytest.raises(dit.WeightsMismatchError, match=msg):
+        dit.load_into_state(str(tmp_path / "bad"), abstract, shardings)
 
 
 def test_missing_base_weights_say_how_to_make_them(data, tmp_path):

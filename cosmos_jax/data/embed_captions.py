@@ -27,7 +27,7 @@ Written (pickle protocol 4, each file atomically):
     cache/prefix_t5_embeddings_<view>.pkl       upstream's loader reads and the name its docs give; all 5 views,
                                                 rewritten every run with the encoder given
 
-The encoder comes from `load_encoder(--t5)`, which recognises the folder's contents (see there).
+The encoder comes from cosmos_jax/weights/t5.py's `load_encoder(--t5)`, which recognises the folder's contents.
 """
 
 from __future__ import annotations
@@ -131,44 +131,7 @@ def read_captions(path: str, multiview: bool) -> dict[str, dict[str, str]]:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Encoders
-
-def load_encoder(path: str):
-    """A text encoder with `.embed(texts) -> list[float32 [L, D]]` (upstream's procedure), from a folder.
-
-    Recognised, in `path` or `path/t5`: a T5 converted by `python -m converters.t5_to_orbax` (`config.json` with
-    `"format": "cosmos_jax.t5/1"`, `spiece.model`, `rest/`, `block_*/`; cosmos_jax/models/t5_weights.py) and the
-    synthetic tiny T5 of `cosmos_jax.data.synthetic_text` (`spiece.model`, `config.json` with a `t5_config` entry,
-    `weights.npz` [, `proj.npy`]). Anything else (a Hugging Face T5 folder included) is refused with a message saying
-    what was found.
-    """
-    if not os.path.isdir(path):
-        raise ValueError(f"--t5 {path}: no such folder (expected a text encoder folder)")
-    for cand in (path, os.path.join(path, "t5")):
-        cfg = os.path.join(cand, "config.json")
-        if not os.path.isfile(cfg):
-            continue
-        with open(cfg) as f:
-            try:
-                meta = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{cfg}: not valid JSON ({e})") from e
-        from cosmos_jax.models import t5_weights
-
-        if meta.get("format") == t5_weights.FORMAT:
-            return t5_weights.load_converted(cand)
-        if "t5_config" in meta and os.path.isfile(os.path.join(cand, "weights.npz")):
-            from cosmos_jax.data.synthetic_text import load_text_encoder
-
-            return load_text_encoder(cand)
-        if meta.get("model_type") == "t5":
-            raise ValueError(f"--t5 {path}: {cfg} is a Hugging Face T5 checkpoint; convert it first with "
-                             f"python -m converters.t5_to_orbax --src {cand} --dst DIR, then pass --t5 DIR")
-    found = sorted(os.listdir(path))[:12]
-    raise ValueError(f"--t5 {path}: not a text encoder folder cosmos_jax can load (found {found}); expected "
-                     "a folder written by converters.t5_to_orbax, or spiece.model, config.json (with 't5_config') "
-                     "and weights.npz (as written by cosmos_jax.data.synthetic), in it or in its t5/ subfolder")
-
+# Embeddings
 
 def _as_LD(emb, what: str) -> np.ndarray:
     arr = np.asarray(emb, dtype=np.float32)
@@ -197,8 +160,10 @@ def front_clips(dataset: str) -> list[str]:
 def embed_dataset(captions: str, dataset: str, t5: str, multiview: bool = False, batch_size: int = 16,
                   encoder=None, progress: bool = True) -> dict:
     """Write the embeddings (module docstring); returns counts: written, skipped, no_caption (list of
-    (clip, view)), unused_captions, prefixes. `encoder` overrides `load_encoder(t5)`."""
+    (clip, view)), unused_captions, prefixes. `encoder` overrides `t5_weights.load_encoder(t5)`."""
     from tqdm import tqdm
+
+    from cosmos_jax.weights import t5 as t5_weights
 
     per_clip = read_captions(captions, multiview)
     clips = front_clips(dataset)
@@ -215,7 +180,7 @@ def embed_dataset(captions: str, dataset: str, t5: str, multiview: bool = False,
                 skipped += 1
             else:
                 jobs.append((clip, view, texts[view]))
-    enc = encoder if encoder is not None else load_encoder(t5)
+    enc = encoder if encoder is not None else t5_weights.load_encoder(t5)
     for view, emb in zip(VIEW_KEYS, enc.embed([PREFIX_SENTENCES[v] for v in VIEW_KEYS]), strict=True):
         arr = _as_LD(emb, f"prefix of {view}")
         for p in layout.prefix_paths(dataset, view):
@@ -237,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  description="caption file -> T5 embedding pickles in the Cosmos layout")
     ap.add_argument("--captions", required=True, help="2-row CSV (ids, captions) or JSON keyed <clip>_pinhole_<view>")
     ap.add_argument("--dataset", required=True, help="dataset root with videos/pinhole_front, e.g. DATA_ROOT/waymo")
-    ap.add_argument("--t5", required=True, help="text encoder folder (see load_encoder)")
+    ap.add_argument("--t5", required=True, help="text encoder folder (see cosmos_jax/weights/t5.py load_encoder)")
     ap.add_argument("--multiview", action="store_true", help="embed all five views (JSON captions; load_mv_emb)")
     ap.add_argument("--batch_size", type=int, default=16, help="captions per encoder call")
     ap.add_argument("--no_progress", action="store_true", help="no progress bar")

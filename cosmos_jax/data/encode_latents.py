@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from cosmos_jax.data import dataset, pickles
 from cosmos_jax.data.latent_cache import FORMAT, INDEX, LATENTS, TEXT, pack, spec_fields
-from cosmos_jax.models import tokenizer as tok
+from cosmos_jax.weights import tokenizer as tok
 
 
 def encode(config, out: str, window_stride: int = 1, dtype: str = "float16", overwrite: bool = False,

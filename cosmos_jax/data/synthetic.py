@@ -31,8 +31,8 @@ a random tiny T5 (`cosmos_jax.models.t5`, relu FFN, 2 layers, 4 heads, HF's init
 --embed_dim when that is at most 128. For a larger --embed_dim the encoder has d_model 64 and its outputs are
 multiplied by a fixed random matrix `t5/proj.npy` [64, embed_dim] (entries N(0, 1/64); zeroed rows stay zero).
 Embeddings follow upstream's procedure (truncate to 512 tokens, append `</s>`, pad to 512, zero and trim past the
-real length). `load_text_encoder(DIR/t5)` returns an object whose `.embed(texts)` embeds new prompts identically
-(bit-exact on the same machine).
+real length). cosmos_jax/weights/t5.py's `load_encoder(DIR/t5)` returns an object whose `.embed(texts)` embeds new
+prompts identically (bit-exact on the same machine).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ import json
 import os
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -77,20 +78,21 @@ from cosmos_jax.data.synthetic_text import (
     ROLE_FRONT,
     ROLE_SIDE,
     VIEW_INTRO,
-    TextEncoder,
     build_text_encoder,
     captions,
-    load_text_encoder,
     train_tokenizer,
     visible_vehicles,
 )
 from cosmos_jax.rig import VIEW_KEYS
 
+if TYPE_CHECKING:
+    from cosmos_jax.weights import t5 as t5_weights
+
 __all__ = [
     "BASE_WIDTH", "FACADE_COLOURS", "FPS", "GLASS", "GRAMMAR_CORPUS", "HFOV_DEG", "LANES_WORD", "LANE_W", "MP4_CRF",
     "MP4_GOP", "PICKLE_PROTOCOL", "POLE", "RIG", "ROLE_FRONT", "ROLE_SIDE", "TIMES_OF_DAY", "TIRE",
-    "VEHICLE_COLOURS", "VEHICLE_KINDS", "VIEW_INTRO", "Camera", "Facade", "Scene", "TextEncoder", "TimeOfDay",
-    "Vehicle", "build_text_encoder", "captions", "generate", "load_text_encoder", "main", "make_rig", "make_scene",
+    "VEHICLE_COLOURS", "VEHICLE_KINDS", "VIEW_INTRO", "Camera", "Facade", "Scene", "TimeOfDay",
+    "Vehicle", "build_text_encoder", "captions", "generate", "main", "make_rig", "make_scene",
     "render", "render_clip", "rig_json", "train_tokenizer", "view_size", "visible_vehicles", "write_mp4",
 ]
 
@@ -126,7 +128,7 @@ def _write_videos(root: str, scenes: list[Scene], cams: dict[str, Camera]) -> No
             write_mp4(layout.video_path(root, view, s.clip_id), frames)
 
 
-def _write_text(root: str, scenes: list[Scene], caps: dict[str, dict[str, str]], enc: TextEncoder,
+def _write_text(root: str, scenes: list[Scene], caps: dict[str, dict[str, str]], enc: t5_weights.TextEncoder,
                 prefix_emb: dict[str, np.ndarray], cams: dict[str, Camera]) -> None:
     for view in VIEW_KEYS:
         for p in layout.prefix_paths(root, view):

@@ -1,16 +1,17 @@
 """Captions and the tiny T5 text encoder of the synthetic rig dataset (used by `cosmos_jax.data.synthetic`).
 
 `captions` describes a scene per view from the vehicles each camera sees; `build_text_encoder` trains a
-SentencePiece tokenizer and writes a random tiny T5 (+ optional fixed projection) that `load_text_encoder` reads back.
+SentencePiece tokenizer and writes a random tiny T5 (+ optional fixed projection) that cosmos_jax/weights/t5.py's
+`load_encoder` reads back.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,6 +27,9 @@ from cosmos_jax.data.synthetic_scene import (
     Vehicle,
 )
 from cosmos_jax.rig import VIEW_KEYS
+
+if TYPE_CHECKING:
+    from cosmos_jax.weights.t5 import TextEncoder
 
 # ----------------------------------------------------------------------------------------------------------------
 # Captions
@@ -111,26 +115,6 @@ GRAMMAR_CORPUS = [
 # ----------------------------------------------------------------------------------------------------------------
 # Text encoder
 
-class TextEncoder:
-    """A SentencePiece tokenizer + T5 encoder (+ optional fixed projection): `.embed(texts)` -> [L, D] float32."""
-
-    def __init__(self, model, tokenizer, proj: np.ndarray | None = None, max_length: int = 512):
-        self.model, self.tokenizer, self.proj, self.max_length = model, tokenizer, proj, max_length
-
-    @property
-    def embed_dim(self) -> int:
-        return int(self.proj.shape[1]) if self.proj is not None else self.model.config.d_model
-
-    def embed(self, texts: Sequence[str]) -> list[np.ndarray]:
-        from cosmos_jax.models import t5
-
-        out = t5.embed_texts(self.model, self.tokenizer, list(texts), max_length=self.max_length,
-                             pad_to=self.max_length)
-        if self.proj is not None:
-            out = [np.ascontiguousarray((e.astype(np.float64) @ self.proj).astype(np.float32)) for e in out]
-        return out
-
-
 def train_tokenizer(texts: Sequence[str], vocab_size: int = 400) -> bytes:
     """A T5-style SentencePiece unigram model proto (pad 0, eos 1, unk 2, no BOS)."""
     import sentencepiece as spm
@@ -144,46 +128,24 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int = 400) -> bytes:
 
 
 def build_text_encoder(out_dir: str, corpus: Sequence[str], embed_dim: int, seed: int) -> TextEncoder:
-    """Train the tokenizer, initialise the encoder, write `out_dir` (spiece.model, config.json, weights.npz,
-    proj.npy) and return it loaded back from there."""
+    """Train the tokenizer, initialise the encoder, write `out_dir` (spiece.model, then weights.npz, proj.npy and
+    config.json through cosmos_jax/weights/t5.py) and return it loaded back from there."""
     from cosmos_jax.models import t5
+    from cosmos_jax.weights import t5 as t5_weights
 
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "spiece.model"), "wb") as f:
+    with open(os.path.join(out_dir, t5_weights.TOKENIZER), "wb") as f:
         f.write(train_tokenizer(corpus))
     import sentencepiece as spm
 
-    vocab = spm.SentencePieceProcessor(model_file=os.path.join(out_dir, "spiece.model")).get_piece_size()
+    vocab = spm.SentencePieceProcessor(model_file=os.path.join(out_dir, t5_weights.TOKENIZER)).get_piece_size()
     d_model = embed_dim if embed_dim <= 128 else 64
     heads = 4 if d_model % 4 == 0 else 1
     cfg = t5.T5Config(vocab_size=vocab, d_model=d_model, d_kv=max(1, d_model // heads), d_ff=2 * d_model,
                       num_layers=2, num_heads=heads, feed_forward_proj="relu")
-    np.savez(os.path.join(out_dir, "weights.npz"), **t5.random_state_dict(cfg, seed))
-    proj_file = None
+    proj = None
     if embed_dim != d_model:
         proj = np.random.default_rng([seed, 0x9807]).standard_normal((d_model, embed_dim)) / math.sqrt(d_model)
-        proj_file = "proj.npy"
-        np.save(os.path.join(out_dir, proj_file), proj.astype(np.float32))
-    meta = {"t5_config": cfg.to_dict(), "embed_dim": embed_dim, "projection": proj_file, "max_length": 512,
-            "tokenizer": "spiece.model", "pad_id": t5.PAD_ID, "eos_id": t5.EOS_ID, "unk_id": t5.UNK_ID,
-            "note": "random tiny T5 for synthetic data (cosmos_jax.data.synthetic); not google-t5/t5-11b"}
-    with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(meta, f, indent=1)
-    return load_text_encoder(out_dir)
-
-
-def load_text_encoder(path: str) -> TextEncoder:
-    """The encoder a synthetic dataset was embedded with (`<DIR>/t5`)."""
-    import sentencepiece as spm
-
-    from cosmos_jax.models import t5
-
-    with open(os.path.join(path, "config.json")) as f:
-        meta = json.load(f)
-    cfg = t5.T5Config.from_dict(meta["t5_config"])
-    with np.load(os.path.join(path, "weights.npz")) as z:
-        model = t5.load_state_dict(t5.abstract(cfg), {k: z[k] for k in z.files})
-    proj = np.load(os.path.join(path, meta["projection"])) if meta.get("projection") else None
-    tok = spm.SentencePieceProcessor(model_file=os.path.join(path, meta.get("tokenizer", "spiece.model")))
-    return TextEncoder(model, tok, proj, int(meta.get("max_length", 512)))
-
+    t5_weights.write_npz_folder(out_dir, cfg, t5_weights.random_state_dict(cfg, seed), proj, embed_dim,
+                                "random tiny T5 for synthetic data (cosmos_jax.data.synthetic); not google-t5/t5-11b")
+    return t5_weights.load_npz_folder(out_dir)

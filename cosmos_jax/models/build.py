@@ -1,12 +1,9 @@
-"""Build the network from a config: real (initialised) or abstract (shapes only), and flat-tree helpers."""
+"""Build the network from a config: real (initialised) or abstract (shapes only)."""
 
 from __future__ import annotations
 
-import jax
-import numpy as np
 from flax import nnx
 
-from cosmos_jax.models import variables
 from cosmos_jax.models.dit import DiffusionNet, DiTConfig
 
 
@@ -33,24 +30,3 @@ def abstract(cfg: DiTConfig) -> DiffusionNet:
     """The network with ShapeDtypeStructs instead of arrays: no memory, any size."""
     with nnx.use_eager_sharding(False):
         return nnx.eval_shape(lambda: DiffusionNet(cfg, rngs=nnx.Rngs(0)))
-
-
-def _base_vars(model: nnx.Module):
-    """Every Param and Buffer but LoRA adapters (the upstream network's tensors)."""
-    return variables.flat_vars(model, exclude=(nnx.LoRAParam,)).items()
-
-
-def flat_shapes(model: nnx.Module) -> dict[tuple[str, ...], tuple[int, ...]]:
-    """{path: shape} of every Param and Buffer (LoRA adapters excluded)."""
-    return {p: tuple(v.get_value().shape) for p, v in _base_vars(model)}
-
-
-def flat_arrays(model: nnx.Module) -> dict[tuple[str, ...], np.ndarray]:
-    """{path: numpy array} of every Param and Buffer (LoRA adapters excluded)."""
-    return {p: np.asarray(jax.device_get(v.get_value())) for p, v in _base_vars(model)}
-
-
-def load_flat(model: nnx.Module, tree: dict[tuple[str, ...], np.ndarray]) -> None:
-    """Write {path: array} into the model in place (paths and shapes must match exactly; LoRA adapters keep their
-    values)."""
-    variables.fill(model, tree, "DiT weights", exclude=(nnx.LoRAParam,))

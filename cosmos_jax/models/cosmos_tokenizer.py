@@ -10,24 +10,19 @@ Spec: docs/tokenizer-t5.md §1-§3. Channels-last throughout.
            not clamped.
 Parameter paths are the torch keys without the `encoder.` / `decoder.` prefix (`quant_conv` / `post_quant_conv` sit
 inside our encoder / decoder) with `conv3d.weight` -> `kernel`, `conv3d.bias` -> `bias`, `norm.weight` -> `scale`,
-`norm.bias` -> `bias` (`torch_key_table`). Converted weights: `python -m converters.tokenizer_to_orbax`.
+`norm.bias` -> `bias` (cosmos_jax/weights/tokenizer.py's `torch_key_table`, which also reads the converted weights
+that `python -m converters.tokenizer_to_orbax` writes).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
 import math
-import os
-from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
-from cosmos_jax.models import variables
 from cosmos_jax.models.cosmos_tokenizer_layers import (
     CausalConv3d,
     CausalNormalize,
@@ -42,11 +37,6 @@ from cosmos_jax.models.cosmos_tokenizer_layers import (
     run,
     swish,
 )
-
-FORMAT = "cosmos_jax.cosmos_tokenizer/1"
-# Constant buffers of the JIT files (the Haar filters): dropped by the converter.
-BUFFER_KEYS = ("encoder.patcher3d.wavelets", "encoder.patcher3d._arange", "encoder.patcher3d.patch_size_buffer",
-               "decoder.unpatcher3d.wavelets", "decoder.unpatcher3d._arange")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,103 +206,8 @@ class CosmosDecoder(nnx.Module):
         return haar_unpatch(h.astype(jnp.float32), cfg.patch_size)  # fp32 out, like the fp32 Haar in
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Torch keys <-> our paths.
-
 def abstract(cfg: Cosmos8x8x8Config) -> tuple[CosmosEncoder, CosmosDecoder]:
+    """The encoder and decoder with ShapeDtypeStructs instead of arrays (weights/tokenizer.py fills them)."""
     with nnx.use_eager_sharding(False):
         return (nnx.eval_shape(lambda: CosmosEncoder(cfg, rngs=nnx.Rngs(0))),
                 nnx.eval_shape(lambda: CosmosDecoder(cfg, rngs=nnx.Rngs(0))))
-
-
-def torch_key_table(cfg: Cosmos8x8x8Config) -> dict[str, dict[str, tuple[str, tuple[int, ...]]]]:
-    """{"encoder"|"decoder": {torch key: (our dotted path, torch shape)}} for the JIT file of that side."""
-    out = {}
-    for side, model in zip(("encoder", "decoder"), abstract(cfg), strict=True):
-        shapes = {p: tuple(v.get_value().shape) for p, v in variables.flat_vars(model, dotted=True).items()}
-        table = {}
-        for path, shape in shapes.items():
-            mod, leaf = path.rsplit(".", 1)
-            prefix = "" if mod in ("quant_conv", "post_quant_conv") else side + "."
-            if f"{mod}.kernel" in shapes:  # a CausalConv3d
-                key = f"{prefix}{mod}.conv3d.{'weight' if leaf == 'kernel' else 'bias'}"
-                tshape = (shape[4], shape[3], *shape[:3]) if leaf == "kernel" else shape
-            else:  # a CausalNormalize
-                key, tshape = f"{prefix}{mod}.norm.{'weight' if leaf == 'scale' else 'bias'}", shape
-            table[key] = (path, tshape)
-        out[side] = table
-    return out
-
-
-def unused_hybrid_keys(cfg: Cosmos8x8x8Config) -> dict[str, tuple[str, ...]]:
-    """Keys the older Cosmos-Tokenizer code exports for no-op (or partial) resample modules: never used, dropped."""
-    table, n = torch_key_table(cfg), len(cfg.channels_mult)
-    sides = {"encoder": [f"encoder.down.{i}.downsample" for i in range(n - 1)],
-             "decoder": [f"decoder.up.{i}.upsample" for i in range(1, n)]}
-    return {side: tuple(k for m in mods for j in (1, 2, 3) for leaf in ("weight", "bias")
-                        if (k := f"{m}.conv{j}.conv3d.{leaf}") not in table[side]) for side, mods in sides.items()}
-
-
-def torch_to_ours(key: str, value: np.ndarray) -> np.ndarray:
-    """PyTorch Conv3d weight (out, in, kT, kH, kW) -> kernel (kT, kH, kW, in, out); everything else unchanged."""
-    return np.transpose(value, (2, 3, 4, 1, 0)) if key.endswith("conv3d.weight") else value
-
-
-def read_meta(checkpoint_dir: str) -> dict:
-    marker = os.path.join(checkpoint_dir, "meta.json")
-    if not os.path.isfile(marker):
-        raise FileNotFoundError(f"tokenizer.checkpoint_dir={checkpoint_dir!r}: no meta.json, not a converted "
-                                "tokenizer; convert the release with python -m converters.tokenizer_to_orbax "
-                                f"--src <dir with encoder.jit, decoder.jit, mean_std.pt> --dst {checkpoint_dir}")
-    with open(marker) as f:
-        meta = json.load(f)
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{marker}: format {meta.get('format')!r}, expected {FORMAT!r}")
-    return meta
-
-
-def load(checkpoint_dir: str, dtype: str = "bfloat16", **exec_overrides):
-    """(config, encoder, decoder, mean [C, T], std [C, T]) from a converter output folder; params cast to dtype."""
-    import orbax.checkpoint as ocp
-
-    meta = read_meta(checkpoint_dir)
-    cfg = Cosmos8x8x8Config(**meta["config"], dtype=dtype, **exec_overrides)
-    state = ocp.StandardCheckpointer().restore(os.path.abspath(os.path.join(checkpoint_dir, "state")))
-    enc, dec = abstract(cfg)
-    src = os.path.join(checkpoint_dir, "state")
-    enc = variables.fill(enc, variables.flatten_dotted(state["encoder"]), f"{src} encoder (tokenizer config)",
-                         dotted=True, dtype=jnp.dtype(dtype))
-    dec = variables.fill(dec, variables.flatten_dotted(state["decoder"]), f"{src} decoder (tokenizer config)",
-                         dotted=True, dtype=jnp.dtype(dtype))
-    mean, std = (np.asarray(state[k], np.float32) for k in ("mean", "std"))
-    return cfg, enc, dec, mean, std
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _apply(graphdef, state, x):
-    return nnx.merge(graphdef, state)(x).astype(jnp.float32)
-
-
-def tokenizer(checkpoint_dir: str, pixel_chunk_duration: int, sigma_data: float = 0.5, dtype: str = "bfloat16",
-              expect: Mapping[str, int] | None = None):
-    """A `Tokenizer` running the converted Cosmos tokenizer in `dtype`; mean/std sliced to the chunk's latent frames
-    (upstream `view(16, -1)[:, :latent_chunk]`) and, like upstream's bf16 buffers, rounded to `dtype`.
-    `expect`: {config key: value} (latent_channels, temporal_compression, spatial_compression) to check."""
-    from cosmos_jax.models.tokenizer import Tokenizer, latent_frames
-
-    cfg, enc, dec, mean, std = load(checkpoint_dir, dtype)
-    for key, want in (expect or {}).items():
-        if getattr(cfg, key) != want:
-            raise ValueError(f"tokenizer.{key}={want} but {checkpoint_dir}/meta.json has {key}={getattr(cfg, key)}")
-    tc = latent_frames(pixel_chunk_duration, cfg.temporal_compression)
-    if mean.shape[1] < tc:
-        raise ValueError(f"{checkpoint_dir}: mean/std have {mean.shape[1]} latent frames, tokenizer."
-                         f"pixel_chunk_duration={pixel_chunk_duration} needs {tc}")
-    rnd = lambda a: np.asarray(jnp.asarray(a[:, :tc], jnp.dtype(dtype)), np.float32)  # noqa: E731
-    enc_def, enc_state = nnx.split(enc)
-    dec_def, dec_state = nnx.split(dec)
-    return Tokenizer(encode_raw=functools.partial(_apply, enc_def, enc_state),
-                     decode_raw=functools.partial(_apply, dec_def, dec_state),
-                     mean_CT=rnd(mean), std_CT=rnd(std), pixel_chunk_duration=pixel_chunk_duration,
-                     sigma_data=sigma_data, temporal_compression=cfg.temporal_compression,
-                     spatial_compression=cfg.spatial_compression)

@@ -48,9 +48,9 @@ def normal(std: float) -> Initializer:
 class Dense(nnx.Module):
     """Bias-free linear layer `y = x @ kernel` with an fp32 kernel [in, out] used in `dtype`.
 
-    The kernel is torch's `Linear.weight` transposed (see converters/keymap.py). With `lora=(rank, alpha)` it also
-    carries a low-rank adapter (`nnx.LoRAParam`): y += (alpha / rank) (x @ lora_a) @ lora_b, lora_b zero-initialised
-    so the adapted layer starts as the base layer.
+    The kernel is torch's `Linear.weight` transposed (see cosmos_jax/weights/keymap.py). With `lora=(rank, alpha)`
+    it also carries a low-rank adapter (`nnx.LoRAParam`): y += (alpha / rank) (x @ lora_a) @ lora_b, lora_b
+    zero-initialised so the adapted layer starts as the base layer.
     """
 
     def __init__(self, in_features: int, out_features: int, axes: tuple[str | None, str | None], *,

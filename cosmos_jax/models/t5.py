@@ -12,8 +12,8 @@ Forward (HF `modeling_t5.py`, encoder only, eval mode):
   last_hidden_state = RMSNorm(h)
 RMSNorm (T5LayerNorm) is x * rsqrt(mean(x^2) + eps) * weight in fp32: no mean, no bias. Softmax runs in fp32.
 
-Parameters are fp32 (`T5Config.dtype` is the compute dtype). `HF_KEYS` is the one table between HF state-dict keys
-and our parameter paths; `from_hf_state_dict` fills a model (real or abstract) through it, strictly.
+Parameters are fp32 (`T5Config.dtype` is the compute dtype). Weights in and out (HF state dicts, the key table, the
+converted folder) are cosmos_jax/weights/t5.py.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from cosmos_jax.models import variables
 from cosmos_jax.models.layers import Dense, RMSNorm, normal, param
 
 PAD_ID = 0
@@ -202,121 +201,10 @@ def create(cfg: T5Config, seed: int = 0) -> T5Encoder:
 
 
 def abstract(cfg: T5Config) -> T5Encoder:
-    """The encoder with ShapeDtypeStructs instead of arrays (fill it with `from_hf_state_dict` or `load_state_dict`)."""
+    """The encoder with ShapeDtypeStructs instead of arrays (fill it with weights.t5's `from_hf_state_dict` or
+    `load_state_dict`)."""
     with nnx.use_eager_sharding(False):
         return nnx.eval_shape(lambda: T5Encoder(cfg, rngs=nnx.Rngs(0)))
-
-
-def random_state_dict(cfg: T5Config, seed: int = 0) -> dict[str, np.ndarray]:
-    """HF's init distributions drawn with numpy (fast, no compilation; stable across JAX versions), by our paths.
-
-    Fill a model with `load_state_dict(abstract(cfg), random_state_dict(cfg, seed))`.
-    """
-    rng = np.random.default_rng(seed)
-    D, inner = cfg.d_model, cfg.num_heads * cfg.d_kv
-    stds = {"q": (D * cfg.d_kv) ** -0.5, "k": D ** -0.5, "v": D ** -0.5, "o": inner ** -0.5,
-            "wi": D ** -0.5, "wi_0": D ** -0.5, "wi_1": D ** -0.5, "wo": cfg.d_ff ** -0.5}
-    out = {}
-    for path, var in variables.flat_vars(abstract(cfg), dotted=True).items():
-        shape = tuple(var.get_value().shape)
-        leaf = path.split(".")
-        if leaf[-1] == "scale":
-            out[path] = np.ones(shape, np.float32)
-            continue
-        std = 1.0 if leaf[0] == "shared" else D ** -0.5 if leaf[0] == "relative_attention_bias" else stds[leaf[-2]]
-        out[path] = (rng.standard_normal(shape) * std).astype(np.float32)
-    return out
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# HF key table. One row per HF tensor: (HF key pattern, our dotted path pattern, transpose). "{i}" = block index.
-# HF Linear.weight [out, in] is our Dense kernel [in, out] (transpose); embeddings and norm weights keep their layout.
-
-HF_KEYS: tuple[tuple[str, str, bool], ...] = (
-    ("shared.weight", "shared.embedding", False),
-    ("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight", "relative_attention_bias.embedding",
-     False),
-    ("encoder.block.{i}.layer.0.layer_norm.weight", "blocks.{i}.attn_norm.scale", False),
-    ("encoder.block.{i}.layer.0.SelfAttention.q.weight", "blocks.{i}.attn.q.kernel", True),
-    ("encoder.block.{i}.layer.0.SelfAttention.k.weight", "blocks.{i}.attn.k.kernel", True),
-    ("encoder.block.{i}.layer.0.SelfAttention.v.weight", "blocks.{i}.attn.v.kernel", True),
-    ("encoder.block.{i}.layer.0.SelfAttention.o.weight", "blocks.{i}.attn.o.kernel", True),
-    ("encoder.block.{i}.layer.1.layer_norm.weight", "blocks.{i}.ffn_norm.scale", False),
-    ("encoder.block.{i}.layer.1.DenseReluDense.wi.weight", "blocks.{i}.ffn.wi.kernel", True),  # non-gated only
-    ("encoder.block.{i}.layer.1.DenseReluDense.wi_0.weight", "blocks.{i}.ffn.wi_0.kernel", True),  # gated only
-    ("encoder.block.{i}.layer.1.DenseReluDense.wi_1.weight", "blocks.{i}.ffn.wi_1.kernel", True),  # gated only
-    ("encoder.block.{i}.layer.1.DenseReluDense.wo.weight", "blocks.{i}.ffn.wo.kernel", True),
-    ("encoder.final_layer_norm.weight", "final_norm.scale", False),
-)
-# `encoder.embed_tokens.weight` is the same tensor as `shared.weight` (tied); either may stand for it.
-HF_ALIASES = {"encoder.embed_tokens.weight": "shared.weight"}
-# Pass as `ignore_prefixes` to load the encoder out of a full T5ForConditionalGeneration checkpoint.
-FULL_CHECKPOINT_IGNORE = ("decoder.", "lm_head.")
-
-
-def hf_key_map(cfg: T5Config) -> dict[str, tuple[str, bool]]:
-    """{HF key: (our dotted path, transpose)} for this config, in HF state-dict order."""
-    out: dict[str, tuple[str, bool]] = {}
-    gated_only = ("wi_0", "wi_1")
-    for hf, ours, tr in HF_KEYS:
-        if (".wi." in hf and cfg.is_gated) or (any(f".{g}." in hf for g in gated_only) and not cfg.is_gated):
-            continue
-        if "{i}" in hf:
-            for i in range(cfg.num_layers):
-                out[hf.format(i=i)] = (ours.format(i=i), tr)
-        else:
-            out[hf] = (ours, tr)
-    return out
-
-
-def state_dict(model: T5Encoder) -> dict[str, np.ndarray]:
-    """{our dotted path: numpy array} (the layout of `weights.npz` files)."""
-    flat = variables.flat_vars(model, dotted=True)
-    return {k: np.asarray(jax.device_get(v.get_value())) for k, v in flat.items()}
-
-
-def load_state_dict(model: T5Encoder, arrays: Mapping[str, np.ndarray]) -> T5Encoder:
-    """Fill the model in place from {our dotted path: array}; paths and shapes must match exactly."""
-    return variables.fill(model, arrays, "T5 state dict", dotted=True, dtype=jnp.float32)
-
-
-def from_hf_state_dict(model: T5Encoder, hf_state: Mapping[str, np.ndarray], *,
-                       ignore_prefixes: Sequence[str] = ()) -> T5Encoder:
-    """Fill `model` (real or `abstract`) in place from an HF T5 state dict of numpy arrays; returns it.
-
-    Strict: keys the table does not expect, table keys that are absent, and tensors of the wrong shape raise one
-    ValueError listing all of them. Keys starting with any of `ignore_prefixes` are skipped (e.g.
-    `FULL_CHECKPOINT_IGNORE` for a full encoder-decoder file). `encoder.embed_tokens.weight` may stand in for
-    `shared.weight`; if both are present they must be equal.
-    """
-    table = hf_key_map(model.config)
-    state = {k: v for k, v in hf_state.items() if not any(k.startswith(p) for p in ignore_prefixes)}
-    problems: list[str] = []
-    for alias, target in HF_ALIASES.items():
-        if alias in state:
-            a = np.asarray(state.pop(alias))
-            if target not in state:
-                state[target] = a
-            elif np.shape(state[target]) != a.shape or not np.array_equal(np.asarray(state[target]), a):
-                problems.append(f"{alias} differs from {target} (they are tied)")
-    missing = [k for k in table if k not in state]
-    unexpected = [k for k in state if k not in table]
-    ours: dict[str, np.ndarray] = {}
-    flat = variables.flat_vars(model, dotted=True)
-    mis_shaped = []
-    for k, (path, transpose) in table.items():
-        if k not in state:
-            continue
-        a = np.asarray(state[k], dtype=np.float32)
-        a = a.T if transpose else a
-        want = tuple(flat[path].get_value().shape)
-        if a.shape != want:
-            mis_shaped.append(f"{k}: {tuple(np.shape(state[k]))} (ours {path} {want}, transpose={transpose})")
-        ours[path] = a
-    if missing or unexpected or mis_shaped or problems:
-        raise ValueError("HF T5 state dict does not match the model: "
-                         f"missing {missing}; unexpected {unexpected}; mis-shaped {mis_shaped}; other {problems}")
-    return load_state_dict(model, ours)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ into one luma and two chroma channels; luma keeps the 8 coefficients of an ortho
 16 channels. Decode is the exact inverse on that subspace (piecewise-constant within the 4x4x4 cells).
 
 `cosmos`: Cosmos-Tokenize1-CV8x8x8-720p in Flax (cosmos_jax/models/cosmos_tokenizer.py) on the weights that
-`python -m converters.tokenizer_to_orbax` wrote to `tokenizer.checkpoint_dir`, run in `tokenizer.dtype`.
+`python -m converters.tokenizer_to_orbax` wrote to `tokenizer.checkpoint_dir`, run in `tokenizer.dtype`. The
+Tokenizer a config names is built by cosmos_jax/weights/tokenizer.py's `from_config`.
 """
 
 from __future__ import annotations
@@ -181,23 +182,9 @@ def haar_tokenizer(pixel_chunk_duration: int, sigma_data: float = 0.5) -> Tokeni
                      sigma_data=sigma_data)
 
 
-def from_config(config) -> Tokenizer:
-    t = config.tokenizer
-    if t.name == "haar":
-        return haar_tokenizer(int(t.pixel_chunk_duration), float(config.diffusion.sigma_data))
-    if t.name == "cosmos":  # the Flax Cosmos-Tokenize1 network on converted weights (converters/tokenizer_to_orbax)
-        from cosmos_jax.models import cosmos_tokenizer
-
-        expect = {k: int(t[k]) for k in ("latent_channels", "temporal_compression", "spatial_compression") if k in t}
-        return cosmos_tokenizer.tokenizer(str(t.checkpoint_dir), int(t.pixel_chunk_duration),
-                                          float(config.diffusion.sigma_data), dtype=str(t.get("dtype", "bfloat16")),
-                                          expect=expect)
-    raise ValueError(f"tokenizer.name={t.name!r}: expected 'haar' or 'cosmos'")
-
-
 def psnr(a_u8, b_u8) -> float:
     mse = float(jnp.mean((a_u8.astype(jnp.float32) - b_u8.astype(jnp.float32)) ** 2))
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
-__all__ = ["LatentNorm", "Tokenizer", "from_config", "haar_tokenizer", "psnr", "jax"]
+__all__ = ["LatentNorm", "Tokenizer", "haar_tokenizer", "psnr", "jax"]

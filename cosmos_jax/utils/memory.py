@@ -30,6 +30,17 @@ def peak_rss_gb(since_reset: bool = True) -> float | None:
     return (kb if since_reset else max(kb, _EARLIER_PEAK_KB)) / 2**20
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory since start, MiB (VmHWM: unlike ru_maxrss it does not include the
+    parent's memory inherited across fork+exec; ru_maxrss where /proc is not readable)."""
+    gb = peak_rss_gb(since_reset=False)
+    if gb is not None:
+        return gb * 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def reset_peak_rss() -> bool:
     """Reset VmHWM to the current RSS (Linux clear_refs 5); False where not permitted."""
     global _EARLIER_PEAK_KB

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cosmos_jax.data import dataset, encode_latents, latent_cache, pipeline
-from cosmos_jax.models import tokenizer as tok
+from cosmos_jax.weights import tokenizer as tok
 from tests.data import fixtures as fx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

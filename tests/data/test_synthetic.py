@@ -13,6 +13,7 @@ av = pytest.importorskip("av")
 
 from cosmos_jax import rig  # noqa: E402
 from cosmos_jax.data import layout, synthetic  # noqa: E402
+from cosmos_jax.weights import t5 as t5_weights  # noqa: E402
 
 VIEWS = rig.VIEW_KEYS
 D = 32
@@ -69,7 +70,7 @@ def test_pickles_and_captions(ds):
     root, info = ds
     caps = json.load(open(os.path.join(root, "captions.json")))
     assert sorted(caps) == info["clips"]
-    enc = synthetic.load_text_encoder(os.path.join(root, "t5"))
+    enc = t5_weights.load_npz_folder(os.path.join(root, "t5"))
     assert enc.embed_dim == D
     texts = [rig.PREFIX_SENTENCES[v] for v in VIEWS] + [caps[c][v] for v in VIEWS for c in info["clips"]]
     fresh = iter(enc.embed(texts))  # new prompts embed identically

@@ -18,6 +18,7 @@ from cosmos_jax import rig
 from cosmos_jax.data import dataset, embed_captions, layout, pickles, prepare_waymo, tfrecord, validate, video
 from cosmos_jax.data import waymo_proto as wp
 from cosmos_jax.rig import VIEW_KEYS
+from cosmos_jax.weights import t5 as t5_weights
 from tests.data import fixtures as fx
 from tests.data import waymo_encode as we
 from tests.data import waymo_fixtures as wf
@@ -234,7 +235,7 @@ def test_caption_files(tmp_path):
     front = rig.PREFIX_SENTENCES["pinhole_front"]
     assert embed_captions.read_captions(j, False) == {"a_1": {"pinhole_front": f"{front} ahead."}}
     with pytest.raises(ValueError, match="not a text encoder folder.*found \\['c.csv', 'c.json'\\]"):
-        embed_captions.load_encoder(str(tmp_path))
+        t5_weights.load_encoder(str(tmp_path))
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -1,29 +1,23 @@
 """Flax Cosmos-Tokenize1-CV8x8x8 against the PyTorch reference of cosmos_tokenizer_torch.py at a tiny width, through
 JIT files traced and converted as the release is made (docs/tokenizer-t5.md §1-§3): fp32 parity, chunking, causality,
-bf16 files, converter strictness, and one train step on the converted weights."""
+bf16 files, and one train step on the converted weights (the key table and the converter's strictness:
+tests/weights/test_tokenizer.py, tests/converters/test_tokenizer_cli.py)."""
 
 import functools
 import json
-import math
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from configs import demo
-from converters import tokenizer_to_orbax as conv
-from converters.keymap import StrictLoadError
 from cosmos_jax.models import cosmos_tokenizer as ct
 from cosmos_jax.models import tokenizer as tok
-from tests.models.cosmos_tokenizer_torch import torch_networks, write_release
+from cosmos_jax.weights import tokenizer as tokenizer_weights
+from tests.models.cosmos_tokenizer_torch import write_release
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ARCH = dict(channels=8)  # widths 16, 32, 32; everything else as released
 TINY = ct.Cosmos8x8x8Config.release(**ARCH, dtype="float32", attn_query_chunk=6)  # 16 tokens: padded query blocks
 
@@ -45,33 +39,19 @@ def to_jax(x_NCTHW):
 def release(tmp_path_factory):
     root = tmp_path_factory.mktemp("cosmos_tok")
     write_release(root / "release", TINY)
-    summary = conv.convert(str(root / "release"), str(root / "converted"), TINY)
-    jits = {s: torch.jit.load(str(root / "release" / f)) for s, f in conv.JIT_FILES.items()}
-    _, enc, dec, mean, std = ct.load(str(root / "converted"), "float32", attn_query_chunk=TINY.attn_query_chunk)
+    summary = tokenizer_weights.convert(str(root / "release"), str(root / "converted"), TINY)
+    jits = {s: torch.jit.load(str(root / "release" / f)) for s, f in tokenizer_weights.JIT_FILES.items()}
+    _, enc, dec, mean, std = tokenizer_weights.load(str(root / "converted"), "float32",
+                                                    attn_query_chunk=TINY.attn_query_chunk)
     return dict(root=root, summary=summary, jit=jits, enc=enc, dec=dec, mean=mean, std=std)
-
-
-def test_key_table_is_the_release_table():
-    table = ct.torch_key_table(ct.Cosmos8x8x8Config.release())
-    counts = {s: (len(t), sum(math.prod(shape) for _, shape in t.values())) for s, t in table.items()}
-    assert counts == {"encoder": (138, 42_914_864), "decoder": (172, 62_738_832)}  # spec §1.1, §2.1
-    assert table["encoder"]["encoder.down.0.downsample.conv2.conv3d.weight"][1] == (256, 256, 3, 1, 1)
-    assert table["decoder"]["decoder.up.1.upsample.conv1.conv3d.weight"][1] == (512, 512, 3, 1, 1)
-    assert not any(k.startswith(("encoder.down.1.downsample", "decoder.up.2.upsample")) for t in table.values()
-                   for k in t)
-    assert len(ct.unused_hybrid_keys(ct.Cosmos8x8x8Config.release())["decoder"]) == 6
-    enc, dec = torch_networks(TINY)  # the reference's own keys (minus the 5 buffers) are the tiny table
-    tiny = ct.torch_key_table(TINY)
-    for side, m in (("encoder", enc), ("decoder", dec)):
-        sd = {k: tuple(v.shape) for k, v in m.state_dict().items() if k not in ct.BUFFER_KEYS}
-        assert sd == {k: shape for k, (_, shape) in tiny[side].items()}
 
 
 def test_converter_summary_and_meta(release):
     s = release["summary"]
     assert (s["encoder_tensors"], s["decoder_tensors"], s["dropped"], s["mean_std"]) == (138, 172, 5, "16x16")
     meta = json.loads((release["root"] / "converted" / "meta.json").read_text())
-    assert meta["config"]["channels"] == 8 and meta["format"] == ct.FORMAT and meta["dtypes"] == ["float32"]
+    assert meta["config"]["channels"] == 8 and meta["format"] == tokenizer_weights.MARKER.format
+    assert meta["dtypes"] == ["float32"]
 
 
 def test_fp32_parity_and_causality(release):
@@ -111,7 +91,7 @@ def cosmos_config(checkpoint_dir, dtype="float32", chunk=9, size=(32, 32)):
 
 
 def test_tokenizer_two_chunks_matches_torch(release):
-    t = tok.from_config(cosmos_config(release["root"] / "converted"))
+    t = tokenizer_weights.from_config(cosmos_config(release["root"] / "converted"))
     assert t.latent_chunk == 2 and t.mean_CT.shape == (16, 2)
     video = np.random.default_rng(1).integers(0, 256, (1, 2, 18, 32, 32, 3), dtype=np.uint8)  # 2 views x 2 chunks
     z = np.asarray(t.encode(jnp.asarray(video)))
@@ -138,14 +118,14 @@ def test_bf16_release_files_run_in_bf16_by_default(release, tmp_path):
     import shutil
 
     src = release["root"] / "release"
-    for f in conv.JIT_FILES.values():
+    for f in tokenizer_weights.JIT_FILES.values():
         torch.jit.save(torch.jit.load(str(src / f)).to(torch.bfloat16), str(tmp_path / f))
     shutil.copy(src / "mean_std.pt", tmp_path / "mean_std.pt")
-    assert conv.convert(str(tmp_path), str(tmp_path / "out"), TINY)["dtypes"] == "bfloat16"
+    assert tokenizer_weights.convert(str(tmp_path), str(tmp_path / "out"), TINY)["dtypes"] == "bfloat16"
     c = cosmos_config(tmp_path / "out", dtype=None)
     assert c.tokenizer.dtype == "bfloat16"  # configs/base.py default
-    t = tok.from_config(c)
-    _, enc, _, _, _ = ct.load(str(tmp_path / "out"), "bfloat16")
+    t = tokenizer_weights.from_config(c)
+    _, enc, _, _, _ = tokenizer_weights.load(str(tmp_path / "out"), "bfloat16")
     w = torch.jit.load(str(tmp_path / "encoder.jit")).state_dict()["encoder.conv_in.0.conv3d.weight"]
     assert enc.conv_in[0].kernel[...].dtype == jnp.bfloat16
     np.testing.assert_array_equal(np.asarray(enc.conv_in[0].kernel[...], np.float32),
@@ -156,39 +136,6 @@ def test_bf16_release_files_run_in_bf16_by_default(release, tmp_path):
     err = rel_err(t.encode_raw(jnp.asarray(x)), want)
     assert err < 3e-2
     print(f"bf16 weights and compute vs fp32 torch: encoder {err:.2e}")
-
-
-def test_converter_is_strict(release, tmp_path):
-    enc, dec = torch_networks(TINY)
-    enc.encoder.register_buffer("stray", torch.zeros(3))  # unexpected
-    enc.encoder.conv_in[0].conv3d.bias = None  # missing
-    enc.quant_conv.conv3d = nn.Conv3d(16, 16, (1, 3, 3), padding=(0, 1, 1))  # mis-shaped, same output shape
-    x = torch.rand(1, 3, 9, 16, 16)
-    with torch.no_grad():
-        torch.jit.save(torch.jit.trace(enc, x), str(tmp_path / "encoder.jit"))
-        torch.jit.save(torch.jit.trace(dec, enc(x)[0]), str(tmp_path / "decoder.jit"))
-    torch.save((torch.zeros(16, 16), torch.ones(16, 16)), tmp_path / "mean_std.pt")
-    r = subprocess.run([sys.executable, "-m", "converters.tokenizer_to_orbax", "--src", str(tmp_path),
-                        "--dst", str(tmp_path / "out"), "--arch", json.dumps(ARCH)],
-                       cwd=ROOT, capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
-    assert r.returncode == 1, r.stderr
-    assert "unexpected key encoder.stray (3,)" in r.stderr
-    assert "missing key encoder.conv_in.0.conv3d.bias (expected shape (8,))" in r.stderr
-    assert "shape mismatch quant_conv.conv3d.weight: got (16, 16, 1, 3, 3), expected (16, 16, 1, 1, 1)" in r.stderr
-    assert r.stderr.count("encoder.jit:") == 3 and "decoder.jit" not in r.stderr
-    assert not (tmp_path / "out").exists()
-
-
-def test_converter_drops_old_hybrid_keys_only(release):
-    enc, dec = torch_networks(TINY, old=True)  # older Cosmos-Tokenizer code: 12 never-used resample convs
-    states = {"encoder": {k: v.numpy() for k, v in enc.state_dict().items()},
-              "decoder": {k: v.numpy() for k, v in dec.state_dict().items()}}
-    mean_std = (np.zeros((16, 8), np.float32), np.ones((16, 8), np.float32))
-    tree, dropped = conv.convert_states(states, mean_std, TINY)
-    assert len(dropped) == 5 + 12 and tree["mean"].shape == (16, 8)
-    states["decoder"]["decoder.up.0.upsample.conv1.conv3d.bias"] = np.zeros(16, np.float32)  # up.0 has no upsample
-    with pytest.raises(StrictLoadError, match=r"unexpected key decoder\.up\.0\.upsample\.conv1\.conv3d\.bias"):
-        conv.convert_states(states, mean_std, TINY)
 
 
 def test_train_step_runs_on_the_cosmos_tokenizer(release):
@@ -209,6 +156,7 @@ def test_train_step_runs_on_the_cosmos_tokenizer(release):
              "view_idx": jnp.asarray([[[0, 1, 2]]], jnp.int32), "fps": jnp.full((1, 1), 10.0),
              "frame_repeat": jnp.zeros((1, 1, 3))}
     step = jax.jit(functools.partial(step_lib.train_step, graphdef=graphdef, tx=tx,
-                                     cfg=step_lib.StepConfig.from_config(c), tokenizer=tok.from_config(c)))
+                                     cfg=step_lib.StepConfig.from_config(c),
+                                     tokenizer=tokenizer_weights.from_config(c)))
     new, metrics = step(state, batch, jax.random.key(0))
     assert np.isfinite(float(metrics["loss"])) and int(new["step"]) == 1

@@ -8,6 +8,7 @@ from flax import nnx
 
 from cosmos_jax.models import build
 from cosmos_jax.models import embeddings as emb
+from cosmos_jax.weights import dit
 from tests.conftest import tiny_dit_config
 
 
@@ -26,9 +27,9 @@ def inputs(b=2, v=3, t=2, h=8, w=8, s=512, e=32, seed=0):
 
 def randomize(model, seed=1):
     """Non-zero weights everywhere (the zero-initialised adaLN/final layers would hide bugs)."""
-    tree = build.flat_arrays(model)
+    tree = dit.arrays(model)
     rng = np.random.default_rng(seed)
-    build.load_flat(model, {p: (rng.standard_normal(a.shape) * 0.2).astype(a.dtype) for p, a in tree.items()})
+    dit.fill(model, {p: (rng.standard_normal(a.shape) * 0.2).astype(a.dtype) for p, a in tree.items()})
     return model
 
 
@@ -69,8 +70,8 @@ def test_scan_equals_loop(model):
     x = inputs()
     y_scan = model.net(**x)
     loop = build.create(tiny_dit_config(scan_blocks=False))
-    build.load_flat(loop, build.flat_arrays(model))
-    assert build.flat_shapes(loop) == build.flat_shapes(model)  # one tree whatever the execution
+    dit.fill(loop, dit.arrays(model))
+    assert dit.shapes(loop) == dit.shapes(model)  # one tree whatever the execution
     assert_close_f32(loop.net(**x), y_scan)
 
 
@@ -78,7 +79,7 @@ def test_scan_equals_loop(model):
 def test_remat_same_loss_and_grads(model, policy):
     x = inputs(b=1)
     other = build.create(tiny_dit_config(remat=policy))
-    build.load_flat(other, build.flat_arrays(model))
+    dit.fill(other, dit.arrays(model))
 
     def loss_and_grad(m):
         graphdef, params, rest = nnx.split(m, nnx.Param, ...)
@@ -104,7 +105,7 @@ def test_unknown_remat_policy_is_refused(model):
 def test_bf16_close_to_fp32(model):
     x = inputs(b=1)
     half = build.create(tiny_dit_config(dtype="bfloat16"))
-    build.load_flat(half, build.flat_arrays(model))
+    dit.fill(half, dit.arrays(model))
     y32, y16 = model.net(**x), half.net(**x)
     assert float(jnp.abs(y16 - y32).max() / jnp.abs(y32).max()) < 5e-2
     assert bool(jnp.any(y16 != y32))

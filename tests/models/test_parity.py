@@ -6,10 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from converters.load import load_pt_into
 from cosmos_jax.diffusion import denoise as dn
 from cosmos_jax.diffusion import edm
 from cosmos_jax.models import build
+from cosmos_jax.weights.dit import load_pt_into
 from tests.conftest import tiny_dit_config
 
 V, T = 3, 2

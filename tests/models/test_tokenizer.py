@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from cosmos_jax.models import tokenizer as tok
+from cosmos_jax.weights import tokenizer as tokenizer_weights
 
 
 def blocky_video(key, n=2, f=17, h=16, w=24):
@@ -85,4 +86,4 @@ def test_unknown_tokenizer_is_refused():
     c = demo.get_config()
     c.tokenizer.name = "vqgan"
     with pytest.raises(ValueError, match="tokenizer.name='vqgan'"):
-        tok.from_config(c)
+        tokenizer_weights.from_config(c)

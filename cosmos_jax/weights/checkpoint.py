@@ -1,29 +1,25 @@
-"""Orbax checkpoints of the train state and data iterator, upstream-layout `.pt` exports, and base weights.
+"""A training job's checkpoint: Orbax steps of the train state and data iterator, `.pt` exports, free-space checks.
 
-Job directory (docs/formats.md): `orbax/<step>/` (CheckpointManager: state = step, params, buffers, optimizer, EMA;
-data = the grain iterator state; meta = seed and step), `checkpoints/iter_{N:09d}_{reg,ema}_model.pt`. Orbax
-writes each step to a temporary folder and renames it when complete, so a run killed at any moment (during a save
-included) resumes from the last complete step. `.pt` files are written to a temporary name, then renamed.
+Job directory (docs/formats.md): `config.json`, `orbax/<step>/` (CheckpointManager: state = step, params, buffers,
+optimizer, EMA; data = the grain iterator state; meta = seed and step), `checkpoints/iter_{N:09d}_{reg,ema}_model.pt`
+(written by cosmos_jax/weights/export.py). Orbax writes each step to a temporary folder and renames it when
+complete, so a run killed at any moment (during a save included) resumes from the last complete step. `.pt` files
+are written to a temporary name, then renamed.
 
-Base weights (`checkpoint.load_path`, written by `python -m converters.dit_to_orbax`): see
-cosmos_jax/base_weights.py; restored strictly.
+`read_weights` returns the weights as stored: a LoRA job stores no `buffers` (cosmos_jax/weights/dit.py's
+`restore_job_weights` re-makes its frozen base).
 """
 
 from __future__ import annotations
 
-import logging
+import json
 import os
 import shutil
 
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
-
-from cosmos_jax import base_weights, sharding
-from cosmos_jax import train_state as ts
-from cosmos_jax.export import export_paths
-
-log = logging.getLogger(__name__)
 
 
 class SaveError(OSError):
@@ -48,13 +44,42 @@ def free_bytes(folder: str) -> int:
     return shutil.disk_usage(folder).free
 
 
-def ensure_space(folder: str, needed: int, what: str, last_step: int | None) -> None:
+def ensure_space(folder: str, needed: int, what: str, advice: str, error: type[OSError] = OSError) -> None:
+    """Refuse before writing: `error` naming the folder, what was to be written, the bytes needed and free, and
+    `advice` (what to do), when `folder`'s file system has less than `needed` bytes free."""
     free = free_bytes(folder)
     if free < needed:
-        raise SaveError(f"not enough space for {what} in {folder}: needs {needed / 1e9:.2f} GB, "
-                        f"{free / 1e9:.2f} GB free (No space left on device); the last complete checkpoint is "
-                        f"{f'step {last_step}' if last_step is not None else 'none'}. Free space or raise "
-                        "checkpoint.save_iter / lower checkpoint.max_to_keep, then rerun to resume.")
+        raise error(f"not enough space in {folder} for {what}: needs {needed / 1e9:.2f} GB, {free / 1e9:.2f} GB free "
+                    f"(No space left on device){advice}")
+
+
+def last_checkpoint_advice(last_step: int | None) -> str:
+    """The advice of a refused save: the last complete checkpoint and how to go on."""
+    return (f"; the last complete checkpoint is {f'step {last_step}' if last_step is not None else 'none'}. Free "
+            "space or raise checkpoint.save_iter / lower checkpoint.max_to_keep, then rerun to resume.")
+
+
+def export_paths(out_dir: str, step: int) -> tuple[str, str]:
+    """The reg and EMA `.pt` files of a step's export."""
+    return (os.path.join(out_dir, f"iter_{step:09d}_reg_model.pt"),
+            os.path.join(out_dir, f"iter_{step:09d}_ema_model.pt"))
+
+
+def job_of(path: str) -> str | None:
+    """The training job `path` names (the job directory itself or its `orbax/` folder), or None."""
+    path = path.rstrip("/")
+    job = os.path.dirname(path) if os.path.basename(path) == "orbax" else path
+    return job if os.path.isfile(os.path.join(job, "config.json")) and os.path.isdir(os.path.join(job, "orbax")) \
+        else None
+
+
+def job_config(job: str) -> ml_collections.ConfigDict:
+    """The resolved config a job saved (its `config.json`)."""
+    path = os.path.join(job, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{job}: no config.json (not a training job directory)")
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
 
 
 def orbax_root(job_or_orbax_dir: str) -> str:
@@ -69,16 +94,14 @@ def complete_steps(job_or_orbax_dir: str) -> list[int]:
     return sorted(int(n) for n in os.listdir(root) if n.isdigit()) if os.path.isdir(root) else []
 
 
-def remove_partial(job_dir: str) -> list[str]:
+def remove_partial(job: str) -> list[str]:
     """Delete Orbax temporary folders left by a failed or killed save; returns what was removed."""
-    root = os.path.join(job_dir, "orbax")
+    root = os.path.join(job, "orbax")
     gone = [os.path.join(root, n) for n in (os.listdir(root) if os.path.isdir(root) else []) if not n.isdigit()
             and "tmp" in n]
     for g in gone:
         shutil.rmtree(g, ignore_errors=True)
     return gone
-
-
 class Manager:
     """The job's Orbax CheckpointManager (items `state`, `data`, `meta`)."""
 
@@ -104,7 +127,7 @@ class Manager:
         self.check()
         nbytes = tree_nbytes(state)
         ensure_space(self.directory, int(nbytes * 1.02) + (1 << 20), f"the checkpoint of step {step}",
-                     self.last_complete())
+                     last_checkpoint_advice(self.last_complete()), SaveError)
         try:
             self.mngr.save(step, args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
@@ -188,73 +211,9 @@ def prune_exports(out_dir: str, keep: int) -> list[str]:
     return removed
 
 
-def export_pt(state, num_blocks: int, out_dir: str, step: int, lora_scale: float = 0.0) -> tuple[str, str] | None:
-    """`iter_{N:09d}_reg_model.pt` (bf16, every floating tensor incl. buffers) and `_ema_model.pt` (fp32) with
-    upstream key names; loadable with torch.load(weights_only=True). LoRA adapters are merged into the base.
-    Multi-process: every process calls it (the arrays are gathered), process 0 writes; others return None.
-    Streamed one tensor at a time (cosmos_jax/export.py): host memory is about one block, not the model."""
-    from cosmos_jax import export
-
-    return export.export_pt(state, num_blocks, out_dir, step, lora_scale=lora_scale)
-
-
-def save_weights(path: str, params: dict, buffers: dict, meta: dict | None = None) -> None:
-    """Write base weights (the converter's format, cosmos_jax/base_weights.py) from model trees."""
-    tree = jax.device_get({"params": params, "buffers": buffers})
-    flat = ts.flat(tree)
-    rest = {p: np.asarray(a) for p, a in flat.items() if not base_weights.is_block(p)}
-    stacked = {p: np.asarray(a) for p, a in flat.items() if base_weights.is_block(p)}
-    n = next(iter(stacked.values())).shape[0] if stacked else 0
-    blocks = ({p: a[i] for p, a in stacked.items()} for i in range(n))
-    base_weights.write(path, rest, blocks, meta or {"source": "cosmos_jax.checkpoint.save_weights"})
-
-
-class WeightsMismatchError(ValueError):
-    pass
-
-
-def check_strict(source: str, stored: dict, want: dict) -> None:
-    """Raise WeightsMismatchError listing every missing, unexpected and mis-shaped key ({model path: shape})."""
-    problems = [f"missing key {'/'.join(p)} {s}" for p, s in want.items() if p not in stored]
-    problems += [f"unexpected key {'/'.join(p)} {s}" for p, s in stored.items() if p not in want]
-    problems += [f"shape mismatch {'/'.join(p)}: stored {stored[p]}, expected {s}"
-                 for p, s in want.items() if p in stored and tuple(stored[p]) != s]
-    if problems:
-        raise WeightsMismatchError(f"{source}: base weights do not match the config's network "
-                                   f"({len(problems)} problem(s)):\n  " + "\n  ".join(problems))
-
-
-def load_weights(path: str, abstract_state, shardings) -> tuple[dict, dict]:
-    """Restore base weights strictly onto the state's layout; every missing, unexpected or mis-shaped key is
-    listed in the error."""
-    path = os.path.abspath(path)
-    if not os.path.isdir(path):
-        raise FileNotFoundError(
-            f"checkpoint.load_path={path}: no converted weights there. Make them with\n"
-            "  python scripts/download_checkpoints.py --checkpoint_dir checkpoints --model_types t2w,v2w\n"
-            f"  python -m converters.dit_to_orbax --src <t2w_model.pt or v2w_model.pt> --dst {path}\n"
-            "or set --config.checkpoint.load_path= to start from random weights.")
-    stored = {p: s for p, (s, _) in base_weights.flat_metadata(path).items()}
-    stored_flat = {p[1:]: s for p, s in stored.items()}  # model paths
-    where, want, shard = {}, {}, {}  # model path -> ("params" | "buffers"), abstract leaf, sharding
-    for top in ("params", "buffers"):
-        leaves, shs = ts.flat(abstract_state[top]), ts.flat(shardings[top])
-        for p, a in leaves.items():
-            if p[-1] not in ("lora_a", "lora_b"):
-                where[p], want[p], shard[p] = top, a, shs[p]
-    check_strict(path, stored_flat, {p: tuple(a.shape) for p, a in want.items()})
-    target = ts.unflat({p: jax.ShapeDtypeStruct(stored[p], want[p[1:]].dtype) for p in stored})
-    sh = ts.unflat({p: shard[p[1:]] for p in stored})
-    restored = ts.flat(base_weights.restore(path, target, sh))
-    out = {"params": {}, "buffers": {}}
-    for p, a in restored.items():
-        out[where[p[1:]]][p[1:]] = a
-    return ts.unflat(out["params"]), ts.unflat(out["buffers"])
-
-
-def restore_job_weights(job_or_orbax_dir: str, step: int | None = None) -> tuple[int, dict]:
-    """(step, {"params", "buffers", "ema"}) of a job's checkpoint as host numpy trees; the optimizer state is not
-    read. Latest complete step unless `step` is given."""
+def read_weights(job_or_orbax_dir: str, step: int | None = None) -> tuple[int, dict]:
+    """(step, {"params", "buffers", "ema"}) of a job's checkpoint as stored, as host numpy trees (a LoRA job has no
+    "buffers"); the optimizer state is not read. Latest complete step unless `step` is given."""
     root = orbax_root(job_or_orbax_dir)
     steps = complete_steps(root)
     if not steps:
@@ -269,36 +228,5 @@ def restore_job_weights(job_or_orbax_dir: str, step: int | None = None) -> tuple
     item = jax.tree.map(lambda m: np.zeros((), np.float32), {k: md[k] for k in ("params", "buffers", "ema")
                                                               if k in md})
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
-    tree = ckptr.restore(state_dir, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args,
-                                                                partial_restore=True))
-    if "buffers" not in tree:  # a LoRA job: the frozen base comes from its load_path (or its seed)
-        job = os.path.dirname(root)
-        tree["buffers"] = sharding.to_host(lora_base(job_config(job), mesh=None))
-    return step, tree
-
-
-def job_config(job_dir: str):
-    import json
-
-    import ml_collections
-
-    path = os.path.join(job_dir, "config.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{job_dir}: no config.json (not a training job directory)")
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
-
-
-def lora_base(config, mesh=None):
-    """A LoRA job's `buffers` (frozen base in the compute dtype + fixed buffers) as training made them
-    (train_phases.fresh_state: the seed's init, `checkpoint.load_path` loaded over it)."""
-    from cosmos_jax import optim
-    from cosmos_jax.models import build
-    from cosmos_jax.train_phases import fresh_state
-
-    cfg = build.dit_config(config)
-    if mesh is None:
-        mesh = sharding.make_mesh((("data", 1), ("fsdp", 1), ("context", 1)), devices=jax.devices()[:1])
-    tx = optim.make(config)
-    _, abstract, sh = ts.layout(cfg, tx, mesh, config.seed)
-    return fresh_state(config, cfg, tx, mesh, abstract, sh)["buffers"]
+    return step, ckptr.restore(state_dir, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args,
+                                                                      partial_restore=True))

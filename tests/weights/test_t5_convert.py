@@ -1,6 +1,6 @@
-"""converters.t5_to_orbax: Hugging Face T5 folders (zip / legacy / sharded .bin, safetensors) -> converted folder ->
-`load_converted(...).embed` equal to transformers' T5EncoderModel under upstream's convention; strictness; the
-`embed_captions --t5` path."""
+"""weights/t5_convert.py and its command `converters.t5_to_orbax`: Hugging Face T5 folders (zip / legacy / sharded
+.bin, safetensors) -> converted folder -> `load_converted(...).embed` equal to transformers' T5EncoderModel under
+upstream's convention; strictness; the `embed_captions --t5` path."""
 
 import io
 import json
@@ -20,10 +20,14 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 spm = pytest.importorskip("sentencepiece")
 
-from converters import t5_to_orbax as t5c  # noqa: E402
+from converters import t5_to_orbax as t5_cli  # noqa: E402
 from cosmos_jax import generate, rig  # noqa: E402
 from cosmos_jax.data import embed_captions, layout  # noqa: E402
-from cosmos_jax.models import t5, t5_weights  # noqa: E402
+from cosmos_jax.models import t5  # noqa: E402
+from cosmos_jax.weights import t5 as t5_weights  # noqa: E402
+from cosmos_jax.weights import t5_convert as t5c  # noqa: E402
+from cosmos_jax.weights.keymap import StrictLoadError  # noqa: E402
+from cosmos_jax.weights.pt import PtFormatError  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CORPUS = [
@@ -107,7 +111,7 @@ def hf(tmp_path_factory):
 @pytest.mark.parametrize("variant", ["zip", "legacy", "sharded", "safetensors"])
 def test_convert_and_embed_match_transformers(hf, tmp_path, variant, caplog):
     dst = str(tmp_path / "t5")
-    assert t5c.main(["--src", hf["dirs"][variant], "--dst", dst]) == 0
+    assert t5_cli.main(["--src", hf["dirs"][variant], "--dst", dst]) == 0
     if variant == "legacy":
         assert "legacy (non-zip) torch file" in caplog.text and "~45 GB" in caplog.text
     meta = t5_weights.read_meta(dst)
@@ -160,10 +164,10 @@ def test_strict_missing_misshaped_unexpected_exit_1(hf, tmp_path):
     sd = dict(hf["sd"])
     sd["encoder.embed_tokens.weight"] = sd["shared.weight"] + 1
     torch.save(sd, src / "pytorch_model.bin")
-    with pytest.raises(t5c.StrictLoadError, match="encoder.embed_tokens.weight differs from shared.weight"):
+    with pytest.raises(StrictLoadError, match="encoder.embed_tokens.weight differs from shared.weight"):
         t5c.convert(str(src), str(dst))
     os.remove(src / "spiece.model")
-    assert t5c.main(["--src", str(src), "--dst", str(dst)]) == 1
+    assert t5_cli.main(["--src", str(src), "--dst", str(dst)]) == 1
 
 
 def test_embed_captions_with_converted_folder(hf, tmp_path):
@@ -171,9 +175,9 @@ def test_embed_captions_with_converted_folder(hf, tmp_path):
     t5c.convert(hf["dirs"]["zip"], dst)
     with pytest.raises(ValueError, match="Hugging Face T5 checkpoint; convert it first with python -m "
                                          "converters.t5_to_orbax"):
-        embed_captions.load_encoder(hf["dirs"]["zip"])
-    enc = embed_captions.load_encoder(dst)
-    assert isinstance(enc, t5_weights.T5TextEncoder)
+        t5_weights.load_encoder(hf["dirs"]["zip"])
+    enc = t5_weights.load_encoder(dst)
+    assert isinstance(enc, t5_weights.TextEncoder)
     root = tmp_path / "waymo"
     (root / "videos" / "pinhole_front").mkdir(parents=True)
     (root / "videos" / "pinhole_front" / "clip0.mp4").write_bytes(b"")  # only the name is read
@@ -206,7 +210,7 @@ def test_unreadable_weights_are_named(hf, tmp_path):
     shutil.copytree(hf["dirs"]["legacy"], src)
     data = (src / "pytorch_model.bin").read_bytes()
     (src / "pytorch_model.bin").write_bytes(data[: len(data) // 2])
-    with pytest.raises(t5c.PtFormatError, match="trunc/pytorch_model.bin: neither a zip nor a readable legacy"):
+    with pytest.raises(PtFormatError, match="trunc/pytorch_model.bin: neither a zip nor a readable legacy"):
         t5c.convert(str(src), str(tmp_path / "o"))
     os.remove(src / "pytorch_model.bin")
     with pytest.raises(FileNotFoundError, match="no weights \\(expected pytorch_model.bin"):

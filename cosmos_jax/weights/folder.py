@@ -1,18 +1,17 @@
-"""Base weights on disk: the converted network that `checkpoint.load_path` and `generate` read.
+"""The converted DiT folder: the network that `checkpoint.load_path` and `generate` read, written one block at a time.
 
 An Orbax folder written one transformer block at a time, so that converting a 7B `.pt` never holds more than one
 block in memory:
     DIR/rest/          Orbax PyTree {"params": ..., "buffers": ...}: every non-block tensor
     DIR/block_000/ ... Orbax PyTree {"params": {"net": {"blocks": ...}}}: block i's slice of every stacked tensor
     DIR/meta.json      {"format", "num_blocks", "source", ...}: written last, so its presence marks a complete
-                       conversion
+                       conversion (cosmos_jax/weights/artifact.py)
 Paths are the model's (cosmos_jax/models); `restore` assembles the canonical stacked tree directly on the devices,
-one block at a time.
+one block at a time. The T5 folder (cosmos_jax/weights/t5.py) uses the same `save_tree` and `block_dir`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable
 
@@ -23,19 +22,26 @@ import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cosmos_jax import train_state as ts
+from cosmos_jax.weights import artifact, tree
 
-FORMAT = "cosmos_jax.base_weights/1"
+MARKER = artifact.DIT
 BLOCKS = ("net", "blocks")
+REST = "rest"
+
+
+def block_dir(i: int) -> str:
+    return f"block_{i:03d}"
 
 
 def is_block(path: tuple[str, ...]) -> bool:
+    """A ("params"|"buffers", ...) path of a stacked block tensor."""
     return path[1:3] == BLOCKS
 
 
-def _save(path: str, tree: dict) -> None:
+def save_tree(path: str, nested: dict) -> None:
+    """One Orbax PyTree folder, written synchronously (replaced if present)."""
     ckptr = ocp.StandardCheckpointer()
-    ckptr.save(os.path.abspath(path), tree, force=True)
+    ckptr.save(os.path.abspath(path), nested, force=True)
     ckptr.wait_until_finished()
 
 
@@ -43,58 +49,51 @@ def write(dst: str, rest: dict[tuple[str, ...], np.ndarray], blocks: Iterable[di
           meta: dict) -> None:
     """`rest`: {("params"|"buffers", ...path): array} of non-block tensors; `blocks`: per block, the same for the
     block's slices (paths with the "net/blocks" prefix, no layer axis). Consumed one block at a time."""
-    os.makedirs(dst, exist_ok=True)
-    marker = os.path.join(dst, "meta.json")
-    if os.path.exists(marker):
-        os.remove(marker)  # an interrupted rewrite must not look complete
-    _save(os.path.join(dst, "rest"), ts.unflat(rest))
+    MARKER.begin(dst)
+    save_tree(os.path.join(dst, REST), tree.unflat(rest))
     n = 0
     for i, block in enumerate(blocks):
-        _save(os.path.join(dst, f"block_{i:03d}"), ts.unflat(block))
+        save_tree(os.path.join(dst, block_dir(i)), tree.unflat(block))
         n += 1
-    with open(marker + ".tmp", "w") as f:
-        json.dump({"format": FORMAT, "num_blocks": n, **meta}, f, indent=2)
-    os.replace(marker + ".tmp", marker)
+    MARKER.finish(dst, {"num_blocks": n, **meta})
 
 
 def read_meta(path: str) -> dict:
-    marker = os.path.join(path, "meta.json")
-    if not os.path.isfile(marker):
-        raise FileNotFoundError(f"{path}: not a complete converted checkpoint (no meta.json); convert with "
-                                "python -m converters.dit_to_orbax --src <model.pt> --dst " + path)
-    with open(marker) as f:
-        meta = json.load(f)
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{marker}: format {meta.get('format')!r}, expected {FORMAT!r}")
-    return meta
+    return MARKER.read(path)
 
 
 def _item_metadata(path: str) -> dict[tuple[str, ...], tuple[tuple[int, ...], str]]:
     md = ocp.StandardCheckpointer().metadata(os.path.abspath(path))
     md = getattr(md, "item_metadata", md)
-    return {p: (tuple(m.shape), str(m.dtype)) for p, m in ts.flat(dict(md)).items()}
+    return {p: (tuple(m.shape), str(m.dtype)) for p, m in tree.flat(dict(md)).items()}
 
 
 def flat_metadata(path: str) -> dict[tuple[str, ...], tuple[tuple[int, ...], str]]:
     """{("params"|"buffers", ...): (shape, dtype)} in the canonical stacked layout, read from metadata only."""
     meta = read_meta(path)
-    out = _item_metadata(os.path.join(path, "rest"))
+    out = _item_metadata(os.path.join(path, REST))
     n = meta["num_blocks"]
     if n:
-        for p, (shape, dtype) in _item_metadata(os.path.join(path, "block_000")).items():
+        for p, (shape, dtype) in _item_metadata(os.path.join(path, block_dir(0))).items():
             out[p] = ((n, *shape), dtype)
     return out
 
 
+def read_part(path: str, part: str) -> dict[tuple[str, ...], np.ndarray]:
+    """{model path: host array} of one sub-folder (`REST` or `block_dir(i)`), in its stored dtypes."""
+    restored = ocp.PyTreeCheckpointer().restore(os.path.abspath(os.path.join(path, part)))
+    return {p[1:]: np.asarray(a) for p, a in tree.flat(restored).items()}
+
+
 def restore(path: str, target: dict, shardings: dict) -> dict:
     """Restore onto `target` ({"params", "buffers"} of ShapeDtypeStructs) with `shardings`; dtypes are cast to
-    the target's. Shapes must already have been checked (checkpoint.load_weights does)."""
+    the target's. Shapes must already have been checked (dit.load_into_state does)."""
     meta = read_meta(path)
-    flat_t, flat_s = ts.flat(target), ts.flat(shardings)
+    flat_t, flat_s = tree.flat(target), tree.flat(shardings)
     rest_keys = [p for p in flat_t if not is_block(p)]
-    rest_target = ts.unflat({p: jax.ShapeDtypeStruct(flat_t[p].shape, flat_t[p].dtype, sharding=flat_s[p])
-                             for p in rest_keys})
-    out = ts.flat(ocp.StandardCheckpointer().restore(os.path.abspath(os.path.join(path, "rest")), rest_target))
+    rest_target = tree.unflat({p: jax.ShapeDtypeStruct(flat_t[p].shape, flat_t[p].dtype, sharding=flat_s[p])
+                               for p in rest_keys})
+    out = tree.flat(ocp.StandardCheckpointer().restore(os.path.abspath(os.path.join(path, REST)), rest_target))
     block_keys = [p for p in flat_t if is_block(p)]
 
     def piece_sharding(s: NamedSharding) -> NamedSharding:
@@ -105,11 +104,11 @@ def restore(path: str, target: dict, shardings: dict) -> dict:
     set_block = jax.jit(lambda full, piece, i: jax.lax.dynamic_update_index_in_dim(full, piece.astype(full.dtype),
                                                                                    i, 0), donate_argnums=0)
     for i in range(meta["num_blocks"]):
-        piece_target = ts.unflat({p: jax.ShapeDtypeStruct(flat_t[p].shape[1:], flat_t[p].dtype,
-                                                          sharding=piece_sharding(flat_s[p])) for p in block_keys})
-        pieces = ts.flat(ocp.StandardCheckpointer().restore(
-            os.path.abspath(os.path.join(path, f"block_{i:03d}")), piece_target))
+        piece_target = tree.unflat({p: jax.ShapeDtypeStruct(flat_t[p].shape[1:], flat_t[p].dtype,
+                                                            sharding=piece_sharding(flat_s[p])) for p in block_keys})
+        pieces = tree.flat(ocp.StandardCheckpointer().restore(
+            os.path.abspath(os.path.join(path, block_dir(i))), piece_target))
         for p in block_keys:
             stacked[p] = set_block(stacked[p], pieces[p], i)
     out.update(stacked)
-    return ts.unflat(out)
+    return tree.unflat(out)

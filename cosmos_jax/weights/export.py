@@ -1,12 +1,12 @@
-"""Streaming export of a train state to upstream `.pt` files: one tensor at a time, never the whole model on host.
-
-`export_pt` writes `iter_{N:09d}_reg_model.pt` (bf16, every floating tensor, buffers included) and
-`iter_{N:09d}_ema_model.pt` (fp32) with upstream keys in upstream order (converters/keymap.py), LoRA adapters
-merged. Both files are open at once (converters/pt_io.PtWriter, no torch); for each key, in order (head, block 0..L-1,
-tail), the tensor is sliced to its block on the device by a jitted function (the block index is an argument, so one
-compilation serves every block), the adapters are merged there, it is cast to the file's dtype and transposed to
-torch's layout, then fetched, written and freed; the next tensor is computed while one is written. Host memory grows
-by a few of the largest tensors, not by the model (7B on an H200: +1.4 GB, 43 GB written in ~75 s;
+"""Our weights out as upstream files: the streamed `.pt` export of a train state, a job's checkpoint or a converted
+folder as `.pt`, and LoRA adapters alone in PEFT's layout.
+ `export_pt` writes `iter_{N:09d}_reg_model.pt` (bf16, every floating tensor, buffers included) and
+`iter_{N:09d}_ema_model.pt` (fp32) with upstream keys in upstream order (cosmos_jax/weights/keymap.py), LoRA adapters
+merged. Both files are open at once (`PtWriter` of cosmos_jax/weights/pt.py, no torch); for each key, in order (head,
+block 0..L-1, tail), the tensor is sliced to its block on the device by a jitted function (the block index is an
+argument, so one compilation serves every block), the adapters are merged there, it is cast to the file's dtype and
+transposed to torch's layout, then fetched, written and freed; the next tensor is computed while one is written. Host
+memory grows by a few of the largest tensors, not by the model (7B on an H200: +1.4 GB, 43 GB written in ~75 s;
 scripts/bench_export_memory.py).
 
 The files are bit-identical to the whole-state algorithm (lora.merge + keymap.to_torch + numpy casts): the merge
@@ -14,13 +14,19 @@ The files are bit-identical to the whole-state algorithm (lora.merge + keymap.to
 product and each sum rounded to fp32 separately (see `_merge`), then rounded to the kernel's dtype.
 
 Multi-process: every process calls `export_pt` (arrays sharded over other processes' devices are all-gathered one
-tensor at a time); process 0 writes. `state` may also hold host numpy arrays (checkpoint.restore_job_weights): those
+tensor at a time); process 0 writes. `state` may also hold host numpy arrays (dit.restore_job_weights): those
 are sliced on the host and the slice is processed on the default device.
+
+`export(src, dst)` (`python -m converters.orbax_to_pt`) writes the same two files from a job's checkpoint
+(`export_job`, LoRA adapters merged with the job's alpha / rank), or `model.pt` of a converted folder in its stored
+dtype (`export_base`: `.pt -> folder -> .pt` is bit-exact), streamed one block folder at a time. `export_adapters`
+writes `<stem>.safetensors` (`<upstream module>.lora_A.weight` [r, in], `.lora_B.weight` [out, r]) + `<stem>.json`.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
 from collections.abc import Iterator
 
@@ -29,31 +35,25 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from converters import keymap, pt_io
-from cosmos_jax import offload
-from cosmos_jax import train_state as ts
+from cosmos_jax import lora, offload
+from cosmos_jax.models import build
+from cosmos_jax.weights import checkpoint, dit, folder, keymap, pt, tree
 
 REG_DTYPE = np.dtype(ml_dtypes.bfloat16)
 EMA_DTYPE = np.dtype(np.float32)
-LORA_LEAVES = ("lora_a", "lora_b")
 _NAME_LEN = len("iter_000000000_reg_model.pt")
-
-
-def export_paths(out_dir: str, step: int) -> tuple[str, str]:
-    return (os.path.join(out_dir, f"iter_{step:09d}_reg_model.pt"),
-            os.path.join(out_dir, f"iter_{step:09d}_ema_model.pt"))
 
 
 def _sources(state) -> tuple[dict, dict]:
     """({path: leaf} the reg file is made of, the same for the EMA file); adapters (lora_a, lora_b) included."""
-    buffers = ts.flat(state.get("buffers", {}))
-    reg = {**ts.flat(state["params"]), **buffers}
-    return reg, ({**ts.flat(state["ema"]), **buffers} if "ema" in state else None)
+    buffers = tree.flat(state.get("buffers", {}))
+    reg = {**tree.flat(state["params"]), **buffers}
+    return reg, ({**tree.flat(state["ema"]), **buffers} if "ema" in state else None)
 
 
 def _table(src: dict, num_blocks: int) -> list[tuple[str, keymap.Entry, int | None, tuple[int, ...]]]:
     """(torch key, entry, block index or None, torch shape) of every tensor, in upstream's order."""
-    shapes = {p: tuple(a.shape) for p, a in src.items() if p[-1] not in LORA_LEAVES}
+    shapes = {p: tuple(a.shape) for p, a in src.items() if p[-1] not in lora.LORA_LEAVES}
     table = keymap.torch_table(shapes, num_blocks)  # checks that the tree and the key map agree
     return [(key, e, i, shape) for (key, e, i), (_, shape) in zip(keymap.expand(num_blocks), table, strict=True)]
 
@@ -63,7 +63,7 @@ def pt_export_nbytes(state_or_abstract, num_blocks: int) -> int:
     shapes only: works on trees of jax.ShapeDtypeStruct (e.g. the abstract train state)."""
     reg, _ = _sources(state_or_abstract)
     table = _table(reg, num_blocks)
-    return sum(pt_io.pt_nbytes([(k, s, d) for k, _, _, s in table], _NAME_LEN) for d in (REG_DTYPE, EMA_DTYPE))
+    return sum(pt.pt_nbytes([(k, s, d) for k, _, _, s in table], _NAME_LEN) for d in (REG_DTYPE, EMA_DTYPE))
 
 
 def _block(x, i):
@@ -165,14 +165,14 @@ def export_pt(state, num_blocks: int, out_dir: str, step: int, lora_scale: float
         raise KeyError("export_pt: the state has no 'ema'")
     table = _table(reg_src, num_blocks)
     _table(ema_src, num_blocks)
-    reg_path, ema_path = export_paths(out_dir, step)
+    reg_path, ema_path = checkpoint.export_paths(out_dir, step)
     writing = jax.process_index() == 0
-    writers: list[pt_io.PtWriter] = []
+    writers: list[pt.PtWriter] = []
     try:
         if writing:
             os.makedirs(out_dir, exist_ok=True)
             for path, dtype in ((reg_path, REG_DTYPE), (ema_path, EMA_DTYPE)):
-                writers.append(pt_io.PtWriter(path, [(k, s, dtype) for k, _, _, s in table]))
+                writers.append(pt.PtWriter(path, [(k, s, dtype) for k, _, _, s in table]))
         for key, reg, ema in _stream(reg_src, ema_src, table, np.float32(lora_scale)):
             if writing:
                 writers[0].add(key, reg)
@@ -187,3 +187,97 @@ def export_pt(state, num_blocks: int, out_dir: str, step: int, lora_scale: float
     for w in writers:
         w.commit()
     return (reg_path, ema_path) if writing else None
+
+
+# ---- a job's checkpoint or a converted folder as .pt -----------------------------------------------------------------
+
+def _ensure_space(dst: str, needed: int, what: str) -> None:
+    """Refuse before writing when `dst` has less free space than `needed` (files there are replaced only once the
+    new ones are complete, so they do not count as free)."""
+    present = sorted(n for n in os.listdir(dst) if n.endswith(".pt"))
+    checkpoint.ensure_space(dst, needed, what, f"; already there: {', '.join(present)}" if present else "")
+
+
+def _job_lora_scale(src: str, state) -> float:
+    """alpha / rank of a LoRA job (from its config.json); 0 for a full fine-tune."""
+    if not lora.has_lora(tree.flat(state["params"])):
+        return 0.0
+    cfg = build.dit_config(checkpoint.job_config(os.path.dirname(os.path.abspath(checkpoint.orbax_root(src)))))
+    if not cfg.lora_rank:
+        raise ValueError(f"{src}: the checkpoint holds LoRA adapters but its config.json has no lora.rank")
+    return lora.scale(cfg.lora_rank, cfg.lora_alpha)
+
+
+def export_job(src: str, dst: str, step: int | None = None) -> list[str]:
+    """Reg + EMA `.pt` of a job's checkpoint (restores only params, buffers and EMA, on the CPU; LoRA adapters
+    merged with the job's alpha / rank)."""
+    step, state = dit.restore_job_weights(src, step)
+    reg, _ = _sources(state)
+    num_blocks = int(np.shape(reg[("net", "blocks", "fa", "attn", "to_q", "kernel")])[0])
+    os.makedirs(dst, exist_ok=True)
+    _ensure_space(dst, pt_export_nbytes(state, num_blocks), f"the .pt files of step {step}")
+    try:
+        return list(export_pt(state, num_blocks, dst, step, lora_scale=_job_lora_scale(src, state)))
+    except OSError as e:  # the writers removed their temporary files
+        raise OSError(f"writing the .pt files of step {step} to {dst} failed: {e}; no partial file was left") from e
+
+
+def export_base(src: str, dst: str) -> str:
+    """`model.pt` of a converted folder, in its stored dtypes; streamed: the non-block tensors, then one block
+    folder at a time."""
+    n = folder.read_meta(src)["num_blocks"]
+    stored = {p[1:]: (shape, dtype) for p, (shape, dtype) in folder.flat_metadata(src).items()}
+    table = keymap.torch_table({p: shape for p, (shape, _) in stored.items()}, n)
+    entries = [(key, shape, np.dtype(stored[e.path][1])) for (key, shape), (_, e, _) in
+               zip(table, keymap.expand(n), strict=True)]
+    os.makedirs(dst, exist_ok=True)
+    out = os.path.join(dst, "model.pt")
+    _ensure_space(dst, pt.pt_nbytes(entries, len("model.pt")), "model.pt")
+    rest, block, block_i = folder.read_part(src, folder.REST), None, None
+    with pt.PtWriter(out, entries) as w:
+        for (key, e, i), (_, _, dtype) in zip(keymap.expand(n), entries, strict=True):
+            if i is None:
+                arr = rest[e.path]
+            else:
+                if block_i != i:
+                    block, block_i = None, i
+                    block = folder.read_part(src, folder.block_dir(i))
+                arr = block[e.path]
+            w.add(key, np.ascontiguousarray(arr.T if e.transpose else arr).astype(dtype, copy=False))
+    return out
+
+
+def export(src: str, dst: str, step: int | None = None) -> list[str]:
+    """The `.pt` files of a converted folder (`export_base`) or of a job directory / its orbax folder
+    (`export_job`, the latest step or `step`)."""
+    if folder.MARKER.marked(src):
+        return [export_base(src, dst)]
+    if checkpoint.complete_steps(src):
+        return export_job(src, dst, step)
+    raise FileNotFoundError(f"{src}: neither a job directory with orbax/<step>/ nor converted base weights "
+                            "(meta.json)")
+
+
+# ---- LoRA adapters alone ---------------------------------------------------------------------------------------------
+
+def export_adapters(flat_tree: dict, num_blocks: int, path_stem: str, rank: int, alpha: float, targets) -> str:
+    """`<stem>.safetensors` + `<stem>.json`: the adapters under upstream module names (PEFT layout)."""
+    from safetensors.numpy import save_file
+
+    by_path = {e.path[:-1]: e for e in keymap.ENTRIES if e.stacked and e.path[-1] == "kernel"}
+    tensors = {}
+    for p, a in flat_tree.items():
+        if p[-1] not in lora.LORA_LEAVES:
+            continue
+        module = by_path[p[:-1]].torch_key.removesuffix(".weight")
+        name = "lora_A" if p[-1] == "lora_a" else "lora_B"
+        for i in range(num_blocks):
+            tensors[f"{module.format(i=i)}.{name}.weight"] = np.ascontiguousarray(np.asarray(a[i], np.float32).T)
+    tmp = f"{path_stem}.safetensors.tmp"
+    save_file(tensors, tmp)
+    os.replace(tmp, f"{path_stem}.safetensors")
+    with open(f"{path_stem}.json", "w") as f:
+        json.dump({"r": rank, "lora_alpha": alpha, "target_modules": list(targets),
+                   "scale": lora.scale(rank, alpha), "format": "W' = W + lora_alpha / r * B @ A (torch layout)"},
+                  f, indent=2)
+    return f"{path_stem}.safetensors"

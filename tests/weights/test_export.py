@@ -1,4 +1,4 @@
-"""Streaming `.pt` export (cosmos_jax/export.py, converters/pt_io.PtWriter): bit-identical to the whole-state
+"""Streaming `.pt` export (cosmos_jax/weights/export.py, pt.PtWriter): bit-identical to the whole-state
 algorithm, loadable by torch (also mmap) and by our reader, atomic, sharding-independent, size known up front."""
 
 import os
@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from configs import demo
-from converters import keymap, pt_io
-from converters.pt_reader import PtIndex
-from cosmos_jax import checkpoint, export, lora, optim, sharding
+from cosmos_jax import lora, optim, sharding
 from cosmos_jax import train_state as ts
 from cosmos_jax.models import build
+from cosmos_jax.weights import checkpoint, dit, export, keymap, pt, tree
+from cosmos_jax.weights.pt import PtIndex
 
 TARGETS = ("to_q", "to_k", "to_v", "to_out", "layer1", "layer2")
 SERIAL = ".data/serialization_id"  # random per file, as torch's
@@ -41,8 +41,8 @@ def make_state(c, fsdp: int = 1, seed: int = 0):
     rng = np.random.default_rng(seed)
     out = dict(state)
     for top in ("params", "buffers", "ema"):
-        flat, sh = ts.flat(state[top]), ts.flat(shardings[top])
-        out[top] = ts.unflat({p: jax.device_put(np.asarray(rng.standard_normal(a.shape) * 0.3, np.float32)
+        flat, sh = tree.flat(state[top]), tree.flat(shardings[top])
+        out[top] = tree.unflat({p: jax.device_put(np.asarray(rng.standard_normal(a.shape) * 0.3, np.float32)
                                                 .astype(a.dtype), sh[p]) for p, a in flat.items()})
     return cfg, abstract, out
 
@@ -50,8 +50,8 @@ def make_state(c, fsdp: int = 1, seed: int = 0):
 def reference(state, num_blocks, lora_scale):
     """Today's algorithm (the whole state on host): lora.merge + keymap.to_torch + numpy casts."""
     host = sharding.to_host({"params": state["params"], "buffers": state["buffers"], "ema": state["ema"]})
-    buffers = ts.flat(host["buffers"])
-    reg_tree, ema_tree = {**ts.flat(host["params"]), **buffers}, {**ts.flat(host["ema"]), **buffers}
+    buffers = tree.flat(host["buffers"])
+    reg_tree, ema_tree = {**tree.flat(host["params"]), **buffers}, {**tree.flat(host["ema"]), **buffers}
     if lora.has_lora(reg_tree):
         reg_tree, ema_tree = lora.merge(reg_tree, lora_scale), lora.merge(ema_tree, lora_scale)
     reg = {k: np.asarray(v, np.float32).astype(ml_dtypes.bfloat16)
@@ -73,8 +73,8 @@ def full():
 @pytest.fixture(scope="module")
 def lora_state():
     cfg, abstract, state = make_state(config(lora_rank=4))
-    assert ts.flat(state["buffers"])[("net", "blocks", "fa", "attn", "to_q", "kernel")].dtype == jnp.bfloat16
-    b = ts.flat(state["params"])[("net", "blocks", "mlp", "mlp", "layer1", "lora_b")]
+    assert tree.flat(state["buffers"])[("net", "blocks", "fa", "attn", "to_q", "kernel")].dtype == jnp.bfloat16
+    b = tree.flat(state["params"])[("net", "blocks", "mlp", "mlp", "layer1", "lora_b")]
     assert np.any(np.asarray(b))  # non-zero adapters: the merge matters
     return cfg, abstract, state
 
@@ -83,12 +83,14 @@ def lora_state():
 def test_bit_identical_to_whole_state_export(which, request, tmp_path):
     cfg, _, state = request.getfixturevalue(which)
     scale = cfg.lora_alpha / cfg.lora_rank if cfg.lora_rank else 0.0
-    reg_path, ema_path = checkpoint.export_pt(state, cfg.num_blocks, str(tmp_path / "new"), 7, lora_scale=scale)
+    reg_path, ema_path = export.export_pt(state, cfg.num_blocks, str(tmp_path / "new"), 7, lora_scale=scale)
     assert os.path.basename(reg_path) == "iter_000000007_reg_model.pt"
     assert os.path.basename(ema_path) == "iter_000000007_ema_model.pt"
     reg, ema = reference(state, cfg.num_blocks, scale)
     if cfg.lora_rank:  # the merge changed the kernels
-        base = {p: a for p, a in ts.model_tree(jax.device_get(state)).items() if p[-1] not in lora.LORA_LEAVES}
+        host = jax.device_get({"params": state["params"], "buffers": state["buffers"]})
+        base = {p: a for top in ("params", "buffers") for p, a in tree.flat(host[top]).items()
+                if p[-1] not in lora.LORA_LEAVES}
         unmerged = keymap.to_torch(base, cfg.num_blocks)
         key = "net.blocks.block1.blocks.2.block.layer1.weight"
         assert not np.array_equal(np.asarray(unmerged[key], np.float32), np.asarray(ema[key], np.float32))
@@ -97,20 +99,20 @@ def test_bit_identical_to_whole_state_export(which, request, tmp_path):
         assert list(got) == list(want)
         for k, v in want.items():
             t = got[k]
-            assert tuple(t.shape) == v.shape and pt_io.tensor_to_numpy(t).dtype == v.dtype, k
+            assert tuple(t.shape) == v.shape and pt.tensor_to_numpy(t).dtype == v.dtype, k
             bits = np.uint16 if v.dtype == ml_dtypes.bfloat16 else np.uint32
-            np.testing.assert_array_equal(pt_io.tensor_to_numpy(t).view(bits), v.view(bits), err_msg=k)
+            np.testing.assert_array_equal(pt.tensor_to_numpy(t).view(bits), v.view(bits), err_msg=k)
         # the same archive as torch.save of today's state dict, record for record (data.pkl included)
         ref = str(tmp_path / "ref" / os.path.basename(path))
         os.makedirs(os.path.dirname(ref), exist_ok=True)
-        pt_io.save_state_dict(want, ref)
+        pt.save_state_dict(want, ref)
         (ours, our_names), (theirs, their_names) = members(path), members(ref)
         assert our_names == their_names and ours == theirs
 
 
 def test_torch_loads_it_plain_and_mmap_with_upstream_keys(full, tmp_path):
     cfg, _, state = full
-    table = keymap.torch_table(build.flat_shapes(build.abstract(cfg)), cfg.num_blocks)
+    table = keymap.torch_table(dit.shapes(build.abstract(cfg)), cfg.num_blocks)
     paths = export.export_pt(state, cfg.num_blocks, str(tmp_path), 3)
     for path, dtype in zip(paths, (torch.bfloat16, torch.float32), strict=True):
         for kw in ({}, {"mmap": True}):
@@ -134,7 +136,7 @@ def test_our_reader_reads_it(full, tmp_path):
         with PtIndex(path) as index:
             assert list(index.tensors) == list(sd) and not index.other
             for k, t in sd.items():
-                np.testing.assert_array_equal(index.read(k), pt_io.tensor_to_numpy(t), err_msg=k)
+                np.testing.assert_array_equal(index.read(k), pt.tensor_to_numpy(t), err_msg=k)
 
 
 def test_failure_mid_write_leaves_nothing(full, tmp_path, monkeypatch):
@@ -156,37 +158,6 @@ def test_failure_mid_write_leaves_nothing(full, tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []  # neither final names nor .tmp files
 
 
-def test_writer_refuses_misuse_and_leaves_nothing(tmp_path):
-    path = str(tmp_path / "x.pt")
-    entries = [("a", (2, 3), np.float32), ("b", (4,), ml_dtypes.bfloat16)]
-    with pytest.raises(ValueError, match="should be a"):
-        with pt_io.PtWriter(path, entries) as w:
-            w.add("b", np.zeros(4, ml_dtypes.bfloat16))
-    with pytest.raises(ValueError, match="not written"):
-        with pt_io.PtWriter(path, entries) as w:
-            w.add("a", np.zeros((2, 3), np.float32))
-    with pytest.raises(ValueError, match=r"\(2, 3\) float32"):
-        with pt_io.PtWriter(path, entries) as w:
-            w.add("a", np.zeros((2, 3), np.float64))
-    assert os.listdir(tmp_path) == []
-    with pt_io.PtWriter(path, entries) as w:  # any layout and byte order in, contiguous little-endian out
-        w.add("a", np.arange(6, dtype=">f4").reshape(3, 2).T)
-        w.add("b", np.ones(4, ml_dtypes.bfloat16))
-    sd = torch.load(path, weights_only=True)
-    assert torch.equal(sd["a"], torch.arange(6, dtype=torch.float32).reshape(3, 2).T)
-    assert torch.equal(sd["b"], torch.ones(4, dtype=torch.bfloat16)) and os.listdir(tmp_path) == ["x.pt"]
-
-
-def test_pickle_is_torchs(tmp_path):
-    sd = {"w": torch.randn(3, 4).to(torch.bfloat16), "b": torch.zeros(5), "s": torch.tensor(2.0),
-          "i": torch.arange(6).reshape(2, 3), "h": torch.ones(2, 2, dtype=torch.float16)}
-    torch.save(sd, tmp_path / "t.pt")
-    with zipfile.ZipFile(tmp_path / "t.pt") as z:
-        want = z.read("t/data.pkl")
-    entries = [(k, tuple(v.shape), pt_io.tensor_to_numpy(v).dtype) for k, v in sd.items()]
-    assert pt_io.state_dict_pickle(entries) == want
-
-
 @pytest.mark.parametrize("which", ["full", "lora_state"])
 def test_sharded_and_host_states_export_the_same_bytes(which, request, tmp_path):
     cfg, _, state = request.getfixturevalue(which)
@@ -194,7 +165,7 @@ def test_sharded_and_host_states_export_the_same_bytes(which, request, tmp_path)
     _, _, two = make_state(c, fsdp=2)  # the same layout on a 2-device fsdp mesh, then the same values
     two = {top: jax.tree.map(lambda a, b: jax.device_put(np.asarray(a), b.sharding), state[top], two[top])
            for top in ("params", "buffers", "ema")}
-    to_q = ts.flat(two["ema"])[("net", "blocks", "fa", "attn", "to_q", "lora_a" if cfg.lora_rank else "kernel")]
+    to_q = tree.flat(two["ema"])[("net", "blocks", "fa", "attn", "to_q", "lora_a" if cfg.lora_rank else "kernel")]
     assert len(to_q.sharding.device_set) == 2
     host = jax.device_get({top: state[top] for top in ("params", "buffers", "ema")})  # restore_job_weights' form
     scale = cfg.lora_alpha / cfg.lora_rank if cfg.lora_rank else 0.0
@@ -212,7 +183,7 @@ def test_nbytes_bounds_the_files_from_shapes_only(lora_state, full, tmp_path):
         paths = export.export_pt(state, cfg.num_blocks, str(tmp_path / str(cfg.lora_rank)), 4, lora_scale=1.0)
         got = sum(os.path.getsize(p) for p in paths)
         assert got <= want <= got + 1_000 * len(keymap.torch_table(
-            build.flat_shapes(build.abstract(cfg)), cfg.num_blocks))
+            dit.shapes(build.abstract(cfg)), cfg.num_blocks))
 
 
 @pytest.mark.parametrize("kernel_dtype", [ml_dtypes.bfloat16, np.float32])
@@ -239,17 +210,15 @@ def test_merge_is_lora_merge_bit_for_bit(kernel_dtype):
 
 @pytest.mark.parametrize("which", ["full", "lora_state"])
 def test_export_job_of_a_saved_checkpoint(which, request, tmp_path):
-    """converters/orbax_to_pt.export_job: host numpy arrays restored from a job's Orbax checkpoint, LoRA scale from
-    its config.json; the same files as the export at save time."""
-    from converters import orbax_to_pt
-
+    """export.export_job (`converters.orbax_to_pt`): host numpy arrays restored from a job's Orbax checkpoint, LoRA
+    scale from its config.json; the same files as the export at save time."""
     cfg, _, state = request.getfixturevalue(which)
     job = tmp_path / "job"
     mngr = checkpoint.Manager(str(job), max_to_keep=1, async_save=False)
     mngr.save(6, {k: state[k] for k in ("step", "params", "buffers", "ema")}, {}, {"seed": 0, "step": 6})
     mngr.close()
     (job / "config.json").write_text(config(cfg.lora_rank).to_json())
-    written = orbax_to_pt.export_job(str(job), str(tmp_path / "pt"))
+    written = export.export_job(str(job), str(tmp_path / "pt"))
     scale = cfg.lora_alpha / cfg.lora_rank if cfg.lora_rank else 0.0
     expected = export.export_pt(state, cfg.num_blocks, str(tmp_path / "direct"), 6, lora_scale=scale)
     assert [os.path.basename(p) for p in written] == [os.path.basename(p) for p in expected]
@@ -258,10 +227,8 @@ def test_export_job_of_a_saved_checkpoint(which, request, tmp_path):
 
 
 def test_export_job_refuses_a_full_disk_before_writing(full, tmp_path, monkeypatch):
-    """orbax_to_pt on a disk without room for both files: one message naming the folder and the sizes, nothing
+    """export_job on a disk without room for both files: one message naming the folder and the sizes, nothing
     written; a write that fails half way (ENOSPC) leaves no partial file either."""
-    from converters import orbax_to_pt
-
     cfg, _, state = full
     job = tmp_path / "job"
     mngr = checkpoint.Manager(str(job), max_to_keep=1, async_save=False)
@@ -273,13 +240,13 @@ def test_export_job_refuses_a_full_disk_before_writing(full, tmp_path, monkeypat
     monkeypatch.setattr(checkpoint, "free_bytes", lambda folder: needed - 1)
     with pytest.raises(OSError, match=rf"not enough space in {dst} for the \.pt files of step 3: needs .* GB free "
                                       r"\(No space left on device\)"):
-        orbax_to_pt.export_job(str(job), str(dst))
+        export.export_job(str(job), str(dst))
     assert os.listdir(dst) == []
     monkeypatch.setattr(checkpoint, "free_bytes", lambda folder: 10**15)
 
     def enospc(self, key, arr):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(export.pt_io.PtWriter, "add", enospc)
+    monkeypatch.setattr(export.pt.PtWriter, "add", enospc)
     with pytest.raises(OSError, match="no partial file was left"):
-        orbax_to_pt.export_job(str(job), str(dst))
+        export.export_job(str(job), str(dst))
     assert os.listdir(dst) == []
