@@ -77,7 +77,7 @@ def lora_run(tmp_path_factory):
           "text": jnp.asarray(rng.standard_normal((1, 1, 3, 512, 8)), jnp.float32),
           "view_idx": jnp.asarray([[[0, 1, 2]]], jnp.int32), "fps": jnp.full((1, 1), 10.0),
           "frame_repeat": jnp.zeros((1, 1, 3))}
-    step = jax.jit(functools.partial(step_lib.train_step, graphdef=graphdef, tx=tx,
+    step = jax.jit(functools.partial(step_lib.train_step, graphdef=graphdef, tx_parts=optim.parts(c),
                                      cfg=step_lib.StepConfig.from_config(c), tokenizer=None))
     new = state
     for i in range(2):
