@@ -13,7 +13,7 @@ python3 - <<'PY' 2>&1 | tee "$OUT/parity_gpu.txt"
 import json, numpy as np, jax, jax.numpy as jnp
 from tests.conftest import tiny_dit_config
 from tests.models.test_parity import to_bvthwc, V, T
-from converters.load import load_pt_into
+from cosmos_jax.weights.dit import load_pt_into
 from cosmos_jax.models import build
 io = dict(np.load("tests/data/parity/dit_tiny_io.npz"))
 for dtype, impl in (("float32", "xla"), ("bfloat16", "cudnn")):
