@@ -74,18 +74,10 @@ def config_shapes(config) -> tuple[dict[tuple[str, ...], tuple[int, ...]], int]:
 # ---- .pt <-> {our path: array} ---------------------------------------------------------------------------------------
 
 def check_pt(index: pt.PtIndex, our_shapes, num_blocks: int) -> list[str]:
-    """Every key problem (missing / unexpected / mis-shaped), from the archive's index alone."""
-    extra = keymap.EXTRA_STATE_SUFFIX
-    expected = {key: keymap.torch_shape(e, our_shapes[e.path]) for key, e, _ in keymap.expand(num_blocks)}
-    problems = [f"unexpected key {k} {index.shape(k)}" for k in index.tensors
-                if k not in expected and not k.endswith(extra)]
-    problems += [f"unexpected non-tensor entry {k}" for k in index.other if not k.endswith(extra)]
-    for k, want in expected.items():
-        if k not in index.tensors:
-            problems.append(f"missing key {k} (expected shape {want})")
-        elif index.shape(k) != want:
-            problems.append(f"shape mismatch {k}: got {index.shape(k)}, expected {want}")
-    return problems
+    """Every key problem (missing / unexpected / mis-shaped, non-tensor entries), from the archive's index alone."""
+    problems = keymap.key_problems({k: index.shape(k) for k in index.tensors}, our_shapes, num_blocks)
+    return problems + [f"unexpected non-tensor entry {k}" for k in index.other
+                       if not k.endswith(keymap.EXTRA_STATE_SUFFIX)]
 
 
 def pt_to_tree(path: str, model) -> dict[tuple[str, ...], np.ndarray]:

@@ -121,6 +121,21 @@ class StrictLoadError(ValueError):
         super().__init__(f"{source}: {len(problems)} key problem(s):\n  " + "\n  ".join(problems))
 
 
+def key_problems(stored: Mapping[str, tuple[int, ...]], our_shapes: Mapping[Path, tuple[int, ...]],
+                 num_blocks: int) -> list[str]:
+    """Every unexpected (bar `_extra_state`), missing and mis-shaped upstream key of a state dict given as
+    {key: shape}, against our tree's shapes: the one check behind every strict DiT load."""
+    expected = {key: torch_shape(e, our_shapes[e.path]) for key, e, _ in expand(num_blocks)}
+    problems = [f"unexpected key {k} {shape}" for k, shape in stored.items()
+                if k not in expected and not k.endswith(EXTRA_STATE_SUFFIX)]
+    for k, want in expected.items():
+        if k not in stored:
+            problems.append(f"missing key {k} (expected shape {want})")
+        elif tuple(stored[k]) != want:
+            problems.append(f"shape mismatch {k}: got {tuple(stored[k])}, expected {want}")
+    return problems
+
+
 def from_torch(state: Mapping[str, np.ndarray], our_shapes: Mapping[Path, tuple[int, ...]], num_blocks: int,
                source: str = "state dict") -> dict[Path, np.ndarray]:
     """Upstream state dict (numpy values) -> {our path: array}, strictly.
@@ -129,22 +144,12 @@ def from_torch(state: Mapping[str, np.ndarray], our_shapes: Mapping[Path, tuple[
     StrictLoadError lists each missing, unexpected and mis-shaped key. dtypes are kept.
     """
     _check_paths(our_shapes.keys())
-    problems: list[str] = []
+    problems = key_problems({k: tuple(np.shape(v)) for k, v in state.items()}, our_shapes, num_blocks)
+    if problems:
+        raise StrictLoadError(source, problems)
     out: dict[Path, np.ndarray] = {}
-    expected = list(expand(num_blocks))
-    expected_keys = {k for k, _, _ in expected}
-    for key in state:
-        if key not in expected_keys and not key.endswith(EXTRA_STATE_SUFFIX):
-            problems.append(f"unexpected key {key} {tuple(np.shape(state[key]))}")
-    for key, e, i in expected:
-        want = torch_shape(e, our_shapes[e.path])
-        if key not in state:
-            problems.append(f"missing key {key} (expected shape {want})")
-            continue
+    for key, e, i in expand(num_blocks):
         value = state[key]
-        if tuple(value.shape) != want:
-            problems.append(f"shape mismatch {key}: got {tuple(value.shape)}, expected {want}")
-            continue
         arr = value.T if e.transpose else value
         if e.stacked:
             if e.path not in out:
@@ -152,8 +157,6 @@ def from_torch(state: Mapping[str, np.ndarray], our_shapes: Mapping[Path, tuple[
             out[e.path][i] = arr
         else:
             out[e.path] = np.asarray(arr)
-    if problems:
-        raise StrictLoadError(source, problems)
     return out
 
 
