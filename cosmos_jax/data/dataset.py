@@ -108,13 +108,14 @@ SAMPLE_FIELDS = {
 
 
 def make_sample(spec: DataSpec, views: np.ndarray, window: int, fps: float, text_VSD: np.ndarray,
-                text_mask_VS: np.ndarray, **picture: np.ndarray) -> dict[str, np.ndarray]:
-    """One sample in the schema of SAMPLE_FIELDS; `picture` is video=... or latents=...."""
+                text_mask_VS: np.ndarray, skipped: int = 0, **picture: np.ndarray) -> dict[str, np.ndarray]:
+    """One sample in the schema of SAMPLE_FIELDS (scalars as numpy scalars); `picture` is video=... or
+    latents=...."""
     (name, value), = picture.items()
     out = {name: value, "text": text_VSD, "text_mask": text_mask_VS,
            "view_idx": [spec.caption_view_idx_map.get(int(v), int(v)) for v in views], "view_choice": views,
-           "fps": fps, "frame_repeat": np.zeros(len(views)), "window": window, "skipped": 0}
-    return {k: np.asarray(v, SAMPLE_FIELDS[k][0]) for k, v in out.items()}
+           "fps": fps, "frame_repeat": np.zeros(len(views)), "window": window, "skipped": skipped}
+    return {k: np.asarray(v, SAMPLE_FIELDS[k][0])[()] for k, v in out.items()}
 
 
 def window_starts(num_frames_in_clip: int, spec: DataSpec) -> range:
@@ -185,8 +186,9 @@ class MultiviewWindows:
             parts.append(self.prefixes[view_i])
         return np.concatenate(parts, axis=0)
 
-    def load_window(self, index: int, views: np.ndarray) -> dict[str, np.ndarray]:
-        """One sample for window `index` with the given view indices (raises BadSampleError naming the file)."""
+    def load_window(self, index: int, views: np.ndarray, skipped: int = 0) -> dict[str, np.ndarray]:
+        """One sample for window `index` with the given view indices (raises BadSampleError naming the file);
+        `skipped`: the bad clips passed over to reach it."""
         spec = self.spec
         clip, start = self.windows[index]
         stem = os.path.splitext(clip)[0]
@@ -206,7 +208,8 @@ class MultiviewWindows:
                 raise BadSampleError(str(e)) from e
             texts.append(emb)
             masks.append(mask)
-        return make_sample(spec, views, index, fps, np.stack(texts), np.stack(masks), video=np.stack(frames))
+        return make_sample(spec, views, index, fps, np.stack(texts), np.stack(masks), skipped,
+                           video=np.stack(frames))
 
     @property
     def bad_clips(self) -> dict[str, str]:
@@ -251,9 +254,6 @@ class MultiviewWindows:
                 last = list(self.bad_clips.items())[-1]
                 raise BadSampleError(f"every clip ({len(self._clip_end)}) is bad; last: {last[0]}: {last[1]}")
             try:
-                out = self.load_window(i, views)
+                return self.load_window(i, views, passed)
             except BadSampleError as e:
                 self._mark_bad(self.windows[i][0], str(e))
-                continue
-            out["skipped"] = np.int32(passed)
-            return out
