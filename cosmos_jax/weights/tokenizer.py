@@ -121,7 +121,7 @@ def map_state(side: str, state: Mapping[str, np.ndarray], cfg: ct.Cosmos8x8x8Con
     """(nested params of our `side` model, problems, dropped keys) from a JIT state dict."""
     table = torch_key_table(cfg)[side]
     droppable = {k for k in BUFFER_KEYS if k.startswith(side + ".")} | set(unused_hybrid_keys(cfg)[side])
-    problems, dropped, tree = [], [], {}
+    problems, dropped, mapped = [], [], {}
     for key, value in state.items():
         if key in droppable:
             dropped.append(key)
@@ -133,21 +133,17 @@ def map_state(side: str, state: Mapping[str, np.ndarray], cfg: ct.Cosmos8x8x8Con
         elif tuple(state[key].shape) != want:
             problems.append(f"{source}: shape mismatch {key}: got {tuple(state[key].shape)}, expected {want}")
         else:
-            node = tree
-            *parents, leaf = path.split(".")
-            for p in parents:
-                node = node.setdefault(p, {})
-            node[leaf] = np.ascontiguousarray(torch_to_ours(key, state[key]))
-    return tree, problems, dropped
+            mapped[path] = np.ascontiguousarray(torch_to_ours(key, state[key]))
+    return tree.unflat(mapped), problems, dropped
 
 
 def convert_states(states: Mapping[str, Mapping[str, np.ndarray]], mean_std: tuple[np.ndarray, np.ndarray],
                    cfg: ct.Cosmos8x8x8Config, sources: Mapping[str, str] | None = None) -> tuple[dict, list[str]]:
     """({"encoder", "decoder", "mean", "std"} tree, dropped keys); raises StrictLoadError listing every problem."""
     sources = sources or JIT_FILES
-    tree, problems, dropped = {}, [], []
+    out, problems, dropped = {}, [], []
     for side in ("encoder", "decoder"):
-        tree[side], p, d = map_state(side, states[side], cfg, sources[side])
+        out[side], p, d = map_state(side, states[side], cfg, sources[side])
         problems += p
         dropped += d
     mean, std = mean_std
@@ -155,8 +151,8 @@ def convert_states(states: Mapping[str, Mapping[str, np.ndarray]], mean_std: tup
         problems.append(f"mean_std: {mean.shape[0]} channels, expected latent_channels={cfg.latent_channels}")
     if problems:
         raise StrictLoadError("tokenizer release", problems)
-    tree["mean"], tree["std"] = np.asarray(mean, np.float32), np.asarray(std, np.float32)
-    return tree, dropped
+    out["mean"], out["std"] = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    return out, dropped
 
 
 def convert(src: str, dst: str, cfg: ct.Cosmos8x8x8Config | None = None, overwrite: bool = False) -> dict:
