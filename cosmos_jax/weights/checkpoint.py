@@ -102,6 +102,8 @@ def remove_partial(job: str) -> list[str]:
     for g in gone:
         shutil.rmtree(g, ignore_errors=True)
     return gone
+
+
 class Manager:
     """The job's Orbax CheckpointManager (items `state`, `data`, `meta`)."""
 

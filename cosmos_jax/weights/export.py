@@ -1,6 +1,7 @@
 """Our weights out as upstream files: the streamed `.pt` export of a train state, a job's checkpoint or a converted
 folder as `.pt`, and LoRA adapters alone in PEFT's layout.
- `export_pt` writes `iter_{N:09d}_reg_model.pt` (bf16, every floating tensor, buffers included) and
+
+`export_pt` writes `iter_{N:09d}_reg_model.pt` (bf16, every floating tensor, buffers included) and
 `iter_{N:09d}_ema_model.pt` (fp32) with upstream keys in upstream order (cosmos_jax/weights/keymap.py), LoRA adapters
 merged. Both files are open at once (`PtWriter` of cosmos_jax/weights/pt.py, no torch); for each key, in order (head,
 block 0..L-1, tail), the tensor is sliced to its block on the device by a jitted function (the block index is an

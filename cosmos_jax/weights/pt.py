@@ -283,6 +283,8 @@ def pt_nbytes(entries: Sequence[tuple[str, tuple[int, ...], np.dtype]], name_len
     # 46 + name + padding field + zip64 28; names are "<base>/data/<n>"; end records 98
     per = 30 + 67 + 20 + 46 + 67 + 28 + 2 * (name_len + 32)
     return data + small + records * per + 98
+
+
 class PtWriter:
     """Stream a flat state dict to a torch.save-compatible zip file, one tensor at a time, without torch.
 

@@ -80,7 +80,6 @@ def torch_to_ours(key: str, value: np.ndarray) -> np.ndarray:
     return np.transpose(value, (2, 3, 4, 1, 0)) if key.endswith("conv3d.weight") else value
 
 
-
 # --------------------------------------------------------------------------------------------------------------------
 # The release's files -> the converted folder
 
@@ -174,7 +173,6 @@ def convert(src: str, dst: str, cfg: ct.Cosmos8x8x8Config | None = None, overwri
     return {"src": src, "dst": dst, "encoder_tensors": n["encoder"], "decoder_tensors": n["decoder"],
             "dropped": len(dropped), "mean_std": "x".join(map(str, out["mean"].shape)), "dtypes": ",".join(dtypes),
             "seconds": round(time.time() - t0, 2)}
-
 
 
 # --------------------------------------------------------------------------------------------------------------------
