@@ -46,7 +46,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cosmos_jax import rig
 from cosmos_jax.data import layout, pickles
 from cosmos_jax.data.synthetic_render import render, render_clip
 from cosmos_jax.data.synthetic_scene import (
@@ -83,7 +82,7 @@ from cosmos_jax.data.synthetic_text import (
     train_tokenizer,
     visible_vehicles,
 )
-from cosmos_jax.rig import VIEW_KEYS
+from cosmos_jax.rig import PREFIX_SENTENCES, VIEW_KEYS
 
 if TYPE_CHECKING:
     from cosmos_jax.weights import t5 as t5_weights
@@ -155,7 +154,7 @@ def generate(out_dir: str, clips: int = 4, seed: int = 0, embed_dim: int = 1024,
         _write_videos(out_dir, train, cams)
         _write_videos(os.path.join(out_dir, "heldout"), held, cams)
     caps = {s.clip_id: captions(s, cams) for s in train + held}
-    prefixes = [rig.PREFIX_SENTENCES[v] for v in VIEW_KEYS]
+    prefixes = [PREFIX_SENTENCES[v] for v in VIEW_KEYS]
     corpus = prefixes + [c for s in train + held for c in caps[s.clip_id].values()] + GRAMMAR_CORPUS
     enc = build_text_encoder(os.path.join(out_dir, "t5"), corpus, embed_dim, seed)
     prefix_emb = dict(zip(VIEW_KEYS, enc.embed(prefixes), strict=True))

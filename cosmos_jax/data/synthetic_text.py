@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cosmos_jax import rig
 from cosmos_jax.data.synthetic_scene import (
     FACADE_COLOURS,
     FPS,
@@ -26,7 +25,7 @@ from cosmos_jax.data.synthetic_scene import (
     Scene,
     Vehicle,
 )
-from cosmos_jax.rig import VIEW_KEYS
+from cosmos_jax.rig import PREFIX_SENTENCES, VIEW_KEYS
 
 if TYPE_CHECKING:
     from cosmos_jax.weights.t5 import TextEncoder
@@ -84,7 +83,7 @@ def captions(scene: Scene, cams: dict[str, Camera]) -> dict[str, str]:
         if view == "pinhole_front":
             others = len(scene.vehicles)
             count = f"{others} other vehicle{'s' if others != 1 else ''}"
-            text = [rig.PREFIX_SENTENCES[view],
+            text = [PREFIX_SENTENCES[view],
                     f"The ego car drives forward along a straight {lanes} city street {light}, with {count} nearby.",
                     *said,
                     f"{left.capitalize()} line the left side and {right} line the right side of the street.",
