@@ -3,30 +3,34 @@
 #   bash scripts/gpu_learning.sh OUTDIR [extra train flags, e.g. --config.max_iter=900]
 # synthetic rig data (16 clips + 4 held-out, 20 frames, rendered at 320 px) -> python -m cosmos_jax.train (scored at
 # every save; stopped with SIGINT after TRAIN_LIMIT s, default 430) -> python -m cosmos_jax.evaluate on the
-# held-out clips; metrics, plots and sheets copied to OUTDIR.
+# held-out clips; metrics, plots and sheets copied to OUTDIR, the logs packed in OUTDIR/logs.tgz: 8 files, what the
+# device tool brings back from $OUT. Ends with scripts/learning_table.py's table.
 set -u
 OUT=${1:-bench/results/rig_learning}; shift || true
 WORK=${WORK:-/root/rig_learning}
-mkdir -p "$OUT" "$WORK"
+LOGS=$WORK/logs
+mkdir -p "$OUT" "$WORK" "$LOGS"
 if compgen -G ".whl/*.whl" > /dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 fi
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 OUTPUT_ROOT=$WORK/jobs
 t0=$(date +%s)
 [ -d "$WORK/data/videos" ] || python3 -m cosmos_jax.data.synthetic --out "$WORK/data" --clips 16 --frames 20 \
-  --heldout 4 --scale 2.2222222 2>&1 | tail -2 | tee "$OUT/data.log"
-echo "data $(( $(date +%s) - t0 )) s" | tee -a "$OUT/times.txt"
+  --heldout 4 --scale 2.2222222 2>&1 | tail -2 | tee "$LOGS/data.log"
+echo "data $(( $(date +%s) - t0 )) s" | tee -a "$LOGS/times.txt"
 # Ctrl-C (SIGINT) after TRAIN_LIMIT seconds: training stops cleanly and evaluate scores the last saved step
 timeout -s INT -k 60 "${TRAIN_LIMIT:-430}" python3 -m cosmos_jax.train --config=configs/rig_learning.py \
-  --config.data.dataset_dir="$WORK/data" --noprogress "$@" > "$OUT/train.log" 2>&1
-echo "train rc=$? $(( $(date +%s) - t0 )) s" | tee -a "$OUT/times.txt"
+  --config.data.dataset_dir="$WORK/data" --noprogress "$@" > "$LOGS/train.log" 2>&1
+echo "train rc=$? $(( $(date +%s) - t0 )) s" | tee -a "$LOGS/times.txt"
 JOB=$WORK/jobs/posttraining/quality/rig_learning
 python3 -m cosmos_jax.evaluate --checkpoint "$JOB" --dataset "$WORK/data" --clips 4 --num_steps 35 --guidance 3 \
-  --out "$WORK/evaluate" > "$OUT/evaluate.log" 2>&1
-echo "evaluate rc=$? $(( $(date +%s) - t0 )) s" | tee -a "$OUT/times.txt"
+  --out "$WORK/evaluate" > "$LOGS/evaluate.log" 2>&1
+echo "evaluate rc=$? $(( $(date +%s) - t0 )) s" | tee -a "$LOGS/times.txt"
 cp "$JOB/metrics.jsonl" "$JOB/summary.json" "$JOB/quality.png" "$JOB/loss.png" "$OUT/" 2>/dev/null
 cp "$WORK/evaluate/metrics.json" "$OUT/evaluate_metrics.json" 2>/dev/null
 cp "$(ls "$WORK"/evaluate/*_sheet.png | head -1)" "$OUT/evaluate_sheet.png" 2>/dev/null
 cp "$(ls "$JOB"/samples/*_sheet.png | tail -1)" "$OUT/last_sample_sheet.png" 2>/dev/null
-grep -E "generated views|for reference|step [0-9]+/" "$OUT/train.log" | tail -20
-tail -c 1500 "$OUT/evaluate.log"
+tar czf "$OUT/logs.tgz" -C "$LOGS" .
+grep -E "generated views|for reference|step [0-9]+/" "$LOGS/train.log" | tail -20
+tail -c 1500 "$LOGS/evaluate.log"
+python3 scripts/learning_table.py "$OUT" --card "$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)"

@@ -9,10 +9,14 @@
 #   train  python -m cosmos_jax.train --config=configs/waymo_1gpu.py (the user's command) on synthetic clips at the
 #          seed shape, stopped with Ctrl-C (SIGINT) once step 2 is logged: a 7B full checkpoint (~108 GB) does not
 #          fit the lent machine's 64 GB disk
+# The bench JSONs land in OUTDIR, the logs in OUTDIR/offload_logs.tgz (packed again after each stage, so a call cut
+# short still brings back what ran): at most 5 files, within the 8 that the device tool brings back from $OUT.
 set -u
 OUT=${1:-bench/results}
 STAGES=${2:-"fit slice full lora"}
-mkdir -p "$OUT"
+W=${WORK:-/root/offload}
+LOGS=$W/logs
+mkdir -p "$OUT" "$LOGS"
 if compgen -G ".whl/*.whl" > /dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 fi
@@ -21,11 +25,11 @@ OFF='--config.offload=("opt_state","ema")'
 LORA=(--config.lora.rank=16 --config.lora.alpha=16 "--config.lora.targets=('to_q','to_k','to_v','to_out','layer1','layer2')")
 bench() {  # name, timeout, args...
   local name=$1 limit=$2; shift 2
-  echo "=== $name: $*" | tee -a "$OUT/offload.log"
-  timeout "$limit" python3 scripts/bench_train.py --config=configs/waymo.py --out "$OUT" "$@" > "$OUT/$name.txt" 2>&1
-  echo "rc=$?" | tee -a "$OUT/offload.log"
+  echo "=== $name: $*" | tee -a "$LOGS/offload.log"
+  timeout "$limit" python3 scripts/bench_train.py --config=configs/waymo.py --out "$OUT" "$@" > "$LOGS/$name.txt" 2>&1
+  echo "rc=$?" | tee -a "$LOGS/offload.log"
   grep -E '^\{"blocks"|"(step_time_s|mfu|peak_memory_gb|peak_host_rss_gb|compile_s)"|RESOURCE_EXHAUSTED|Error|wrote' \
-    "$OUT/$name.txt" | tail -12 | tee -a "$OUT/offload.log"
+    "$LOGS/$name.txt" | tail -12 | tee -a "$LOGS/offload.log"
 }
 for s in $STAGES; do
   case $s in
@@ -40,19 +44,19 @@ for s in $STAGES; do
     lora)
       bench lora_attn 240 --steps 3 --config.remat=attention_outside "${LORA[@]}" ;;
     train)
-      W=${WORK:-/root/offload}; mkdir -p "$W"
       [ -d "$W/data/videos" ] || python3 -m cosmos_jax.data.synthetic --out "$W/data" --clips 2 --frames 60 \
-        > "$OUT/train_data.log" 2>&1
+        > "$LOGS/train_data.log" 2>&1
       OUTPUT_ROOT=$W/jobs python3 -m cosmos_jax.train --config=configs/waymo_1gpu.py --config.tokenizer.name=haar \
         --config.data.dataset_dir="$W/data" --config.data.val_dataset_dir="$W/none" --config.samples.enabled=False \
-        --config.checkpoint.load_path= --config.max_iter=3 --config.log_every=1 --noprogress ${TRAIN_EXTRA:-} > "$OUT/train.txt" 2>&1 &
+        --config.checkpoint.load_path= --config.max_iter=3 --config.log_every=1 --noprogress ${TRAIN_EXTRA:-} > "$LOGS/train.txt" 2>&1 &
       pid=$!
       for _ in $(seq 1 540); do
-        grep -q "step 2/3" "$OUT/train.txt" && break; kill -0 $pid 2>/dev/null || break; sleep 1
+        grep -q "step 2/3" "$LOGS/train.txt" && break; kill -0 $pid 2>/dev/null || break; sleep 1
       done
-      kill -INT $pid 2>/dev/null; wait $pid; echo "train rc=$?" | tee -a "$OUT/offload.log"
-      grep -E "job |state built|compiled|first step|step [0-9]/|interrupted|error" "$OUT/train.txt" | cut -c1-400 \
-        | tee -a "$OUT/offload.log" ;;
+      kill -INT $pid 2>/dev/null; wait $pid; echo "train rc=$?" | tee -a "$LOGS/offload.log"
+      grep -E "job |state built|compiled|first step|step [0-9]/|interrupted|error" "$LOGS/train.txt" | cut -c1-400 \
+        | tee -a "$LOGS/offload.log" ;;
     *) echo "unknown stage $s"; exit 2 ;;
   esac
+  tar czf "$OUT/offload_logs.tgz" -C "$LOGS" .
 done
