@@ -21,6 +21,8 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from cosmos_jax.weights.tree import orbax_metadata
+
 
 class SaveError(OSError):
     """A checkpoint or export that could not be written; names the folder, the bytes needed and the last complete
@@ -225,8 +227,7 @@ def read_weights(job_or_orbax_dir: str, step: int | None = None) -> tuple[int, d
         raise FileNotFoundError(f"{root}: no complete checkpoint for step {step} (have {steps})")
     state_dir = os.path.abspath(os.path.join(root, str(step), "state"))
     ckptr = ocp.PyTreeCheckpointer()
-    md = ckptr.metadata(state_dir)
-    md = dict(getattr(md, "item_metadata", md))
+    md = orbax_metadata(state_dir, ckptr)
     item = jax.tree.map(lambda m: np.zeros((), np.float32), {k: md[k] for k in ("params", "buffers", "ema")
                                                               if k in md})
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)

@@ -63,9 +63,8 @@ def read_meta(path: str) -> dict:
 
 
 def _item_metadata(path: str) -> dict[tuple[str, ...], tuple[tuple[int, ...], str]]:
-    md = ocp.StandardCheckpointer().metadata(os.path.abspath(path))
-    md = getattr(md, "item_metadata", md)
-    return {p: (tuple(m.shape), str(m.dtype)) for p, m in tree.flat(dict(md)).items()}
+    md = tree.orbax_metadata(path, ocp.StandardCheckpointer())
+    return {p: (tuple(m.shape), str(m.dtype)) for p, m in tree.flat(md).items()}
 
 
 def flat_metadata(path: str) -> dict[tuple[str, ...], tuple[tuple[int, ...], str]]:

@@ -189,8 +189,7 @@ def _restore(path: str, want: dict[str, tuple[int, ...]], param_dtype, device) -
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path}: missing (an incomplete converted T5 folder? convert again)")
     ckptr = ocp.StandardCheckpointer()
-    md = ckptr.metadata(path)
-    metadata = tree.flat(dict(getattr(md, "item_metadata", md)), dotted=True)
+    metadata = tree.flat(tree.orbax_metadata(path, ckptr), dotted=True)
     stored = {k: (tuple(m.shape), m.dtype) for k, m in metadata.items()}
     missing, unexpected = sorted(set(want) - set(stored)), sorted(set(stored) - set(want))
     bad = [f"{k}: stored {stored[k][0]}, expected {want[k]}" for k in want if k in stored and stored[k][0] != want[k]]

@@ -8,6 +8,7 @@ writes a flat tree into a model (DiT, tokenizer, T5).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,6 +25,15 @@ def flat(tree, dotted: bool = False) -> dict:
         keys = tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
         out[".".join(keys) if dotted else keys] = leaf
     return out
+
+
+def orbax_metadata(path: str, checkpointer=None) -> dict:
+    """The nested metadata tree (leaves with .shape and .dtype) of an Orbax PyTree at `path`, read without the
+    arrays; newer Orbax wraps it in a `StepMetadata` (`.item_metadata`), older returns the tree itself."""
+    import orbax.checkpoint as ocp
+
+    md = (checkpointer or ocp.PyTreeCheckpointer()).metadata(os.path.abspath(path))
+    return dict(getattr(md, "item_metadata", md))
 
 
 def unflat(flat_tree: Mapping[Any, Any]) -> dict:
