@@ -64,6 +64,11 @@ def make_mesh(mesh_spec: Sequence[Sequence], devices: Sequence[jax.Device] | Non
     return jax.make_mesh(sizes, names, axis_types=(AxisType.Auto,) * len(names), devices=devices)
 
 
+def one_device_mesh(device: jax.Device | None = None) -> Mesh:
+    """The mesh of every axis at size 1 on one device (the first unless given): loading and export."""
+    return make_mesh((("data", 1), ("fsdp", 1), ("context", 1)), devices=[device or jax.devices()[0]])
+
+
 # logical activation axes -> mesh axes (used by `constrain`)
 ACTIVATION_RULES: dict[str, str | tuple[str, ...] | None] = {
     "act_batch": BATCH_AXES,

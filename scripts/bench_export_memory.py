@@ -57,7 +57,7 @@ if mode == "lora":
     c.lora.rank, c.lora.alpha = 16, 16.0
     c.lora.targets = ("to_q", "to_k", "to_v", "to_out", "layer1", "layer2")
 cfg = build.dit_config(c)
-mesh = sharding.make_mesh((("data", 1), ("fsdp", 1), ("context", 1)), devices=jax.devices()[:1])
+mesh = sharding.one_device_mesh()
 _, abstract, shardings = ts.layout(cfg, optim.make(c), mesh)
 fills = {}
 def fill(a, sh, seed):  # one leaf at a time, so that building the state needs no more than the state

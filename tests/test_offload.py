@@ -86,7 +86,7 @@ def test_offloaded_steps_match_the_plain_step(mesh_spec, lora):
 
 
 def test_only_the_ema_offloaded():
-    mesh = sharding.make_mesh((("data", 1), ("fsdp", 1), ("context", 1)), devices=jax.devices()[:1])
+    mesh = sharding.one_device_mesh()
     plain, plain_losses, _, _ = run(tiny(()), mesh, steps=2)
     off, off_losses, _, _ = run(tiny(("ema",)), mesh, steps=2)
     assert kinds(off["ema"]) == {"pinned_host"} and kinds(off["opt_state"]) == {"device"}
@@ -113,7 +113,7 @@ def test_offloaded_state_saves_restores_and_resumes(tmp_path):
     on_device, _, _ = checkpoint.Manager(str(tmp_path / "job"), 1).restore(2, plain_abstract)
     assert kinds(on_device["ema"]) == {"device"}
     assert_same_state(on_device, first, rtol=0)
-    one = sharding.make_mesh((("data", 1), ("fsdp", 1), ("context", 1)), devices=jax.devices()[2:3])  # another mesh
+    one = sharding.one_device_mesh(jax.devices()[2])  # another mesh
     _, one_abstract, _ = ts.layout(build.dit_config(tiny()), optim.make(tiny()), one, offload=BOTH)
     moved, _, _ = checkpoint.Manager(str(tmp_path / "job"), 1).restore(2, one_abstract)
     assert kinds(moved["ema"]) == {"pinned_host"} and {d.id for a in jax.tree.leaves(moved) for d in a.devices()} == {2}
@@ -133,7 +133,7 @@ def test_export_of_an_offloaded_state_is_the_same_file(tmp_path):
     from cosmos_jax.weights import export
     from tests.weights.test_export import members
 
-    mesh = sharding.make_mesh((("data", 1), ("fsdp", 1), ("context", 1)), devices=jax.devices()[:1])
+    mesh = sharding.one_device_mesh()
     plain, _, _, _ = run(tiny(()), mesh, steps=1)
     off, _, _, _ = run(tiny(BOTH), mesh, steps=1)
     a = export.export_pt(plain, 3, str(tmp_path / "plain"), 1)

@@ -91,7 +91,7 @@ def test_donated_steps_after_base_weights(mode, tmp_path):
     if mode == "lora":
         c.lora.update(LORA)
     cfg, tx = build.dit_config(c), optim.make(c)
-    mesh = sharding.make_mesh((("data", 1), ("fsdp", 1), ("context", 1)), devices=jax.devices()[:1])
+    mesh = sharding.one_device_mesh()
     graphdef, abstract, sh = ts.layout(cfg, tx, mesh)
     batch_sh = sharding.batch_sharding(mesh, leading_axes=1)
     step = step_lib.jit_train_step(sh, batch_sh, graphdef=graphdef, tx_parts=optim.parts(c),
@@ -285,7 +285,7 @@ def test_load_path_may_be_a_full_fine_tune_job(tmp_path, target):
     c = demo.get_config()
     c.model.update(dict(model_channels=32, num_blocks=1, num_heads=2, crossattn_emb_channels=8, adaln_lora_dim=8))
     cfg, tx = build.dit_config(c), optim.make(c)
-    mesh = sharding.make_mesh((("data", 1), ("fsdp", 1), ("context", 1)), devices=jax.devices()[:1])
+    mesh = sharding.one_device_mesh()
     _, _, sh = ts.layout(cfg, tx, mesh, seed=4)
     src = ts.create(cfg, tx, mesh, sh, seed=4)
     jdir = tmp_path / "job"

@@ -235,7 +235,7 @@ def lora_base(config, mesh=None):
     (`fresh_state`: the seed's init, `checkpoint.load_path` loaded over it)."""
     cfg = build.dit_config(config)
     if mesh is None:
-        mesh = sharding.make_mesh((("data", 1), ("fsdp", 1), ("context", 1)), devices=jax.devices()[:1])
+        mesh = sharding.one_device_mesh()
     tx = optim.make(config)
     _, abstract, sh = ts.layout(cfg, tx, mesh, config.seed)
     return fresh_state(config, cfg, tx, mesh, abstract, sh)["buffers"]
@@ -265,7 +265,7 @@ class Loaded:
 def _read_network(path: str, model, p_abs: dict, b_abs: dict) -> tuple[dict, dict]:
     """(params, buffers) of a converted folder or an upstream `.pt`, strictly against `model`."""
     if folder.MARKER.marked(path):
-        mesh = sharding.make_mesh((("data", 1), ("fsdp", 1), ("context", 1)), devices=jax.devices()[:1])
+        mesh = sharding.one_device_mesh()
         abstract = {"params": p_abs, "buffers": b_abs}
         one = jax.tree.map(lambda _: sharding.replicated(mesh), abstract)
         return jax.device_get(_folder_into_state(path, abstract, one))
