@@ -164,6 +164,14 @@ def test_non_strict_base_weights_are_refused(layout, tmp_path, edit, msg):
         dit.load_into_state(str(tmp_path / "bad"), abstract, shardings)
 
 
+def test_a_job_that_never_saved_is_named_as_such(layout, tmp_path):
+    c, cfg, tx, mesh, abstract, shardings = layout
+    (tmp_path / "job").mkdir()
+    (tmp_path / "job" / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match=r"job.*no saved checkpoint \(no orbax/ folder"):
+        dit.load_into_state(str(tmp_path / "job"), abstract, shardings)
+
+
 def test_missing_base_weights_say_how_to_make_them(data, tmp_path):
     p = run(data, tmp_path, f"--config.checkpoint.load_path={tmp_path}/nowhere", expect=1)
     assert "converters.dit_to_orbax" in p.stderr and "nowhere" in p.stderr

@@ -217,6 +217,10 @@ def load_into_state(path: str, abstract_state, shardings) -> tuple[dict, dict]:
     job = checkpoint.job_of(path)
     if job is not None:
         return _job_into_state(job, abstract_state, shardings)
+    if os.path.isfile(os.path.join(path, "config.json")) and not folder.MARKER.marked(path):
+        raise FileNotFoundError(f"checkpoint.load_path={path}: a training job directory with no saved checkpoint "
+                                "(no orbax/ folder: it stopped before its first save); point it at a job that "
+                                "saved one, or at converted base weights")
     return _folder_into_state(path, abstract_state, shardings)
 
 
