@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The learning run of configs/rig_learning.py on a lent GPU, in one call:
 #   bash scripts/gpu_learning.sh OUTDIR [extra train flags, e.g. --config.max_iter=900]
-# synthetic rig data (16 clips + 4 held-out, 20 frames, rendered at 320 px) -> python -m cosmos_jax.train (scored at
-# every save; stopped with SIGINT after TRAIN_LIMIT s, default 430) -> python -m cosmos_jax.evaluate on the
-# held-out clips; metrics, plots and sheets copied to OUTDIR, the logs packed in OUTDIR/logs.tgz: 8 files, what the
-# device tool brings back from $OUT. Ends with scripts/learning_table.py's table.
+# synthetic rig data (16 clips + 4 held-out, 20 frames, 320 px wide; RIG_VIDEOS=DIR copies videos rendered earlier
+# with the same settings and writes only their text, since rendering takes ~150 s on one core) -> a latent cache
+# (python -m cosmos_jax.data.encode_latents: the video loader is bound by Python at ~20 samples/s) ->
+# python -m cosmos_jax.train (scored at every save; stopped with SIGINT after TRAIN_LIMIT s, default 380) ->
+# python -m cosmos_jax.evaluate on the held-out clips (at most EVAL_LIMIT s, default 140). Metrics, plots and sheets
+# are copied to OUTDIR, the logs and every sample sheet packed in OUTDIR/logs.tgz: 8 files, what the device tool
+# brings back from $OUT. Ends with scripts/learning_table.py's table.
 set -u
 OUT=${1:-bench/results/rig_learning}; shift || true
 WORK=${WORK:-/root/rig_learning}
@@ -15,21 +18,28 @@ if compgen -G ".whl/*.whl" > /dev/null; then
 fi
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 OUTPUT_ROOT=$WORK/jobs
 t0=$(date +%s)
-[ -d "$WORK/data/videos" ] || python3 -m cosmos_jax.data.synthetic --out "$WORK/data" --clips 16 --frames 20 \
-  --heldout 4 --scale 2.2222222 2>&1 | tail -2 | tee "$LOGS/data.log"
+SYNTH=(--out "$WORK/data" --clips 16 --frames 20 --heldout 4 --scale 2.2222222)
+if [ ! -d "$WORK/data/videos" ]; then
+  if [ -n "${RIG_VIDEOS:-}" ]; then cp -r "$RIG_VIDEOS" "$WORK/data"; SYNTH+=(--text_only); fi
+  python3 -m cosmos_jax.data.synthetic "${SYNTH[@]}" 2>&1 | tail -2 | tee "$LOGS/data.log"
+fi
+[ -f "$WORK/latents/index.json" ] || python3 -m cosmos_jax.data.encode_latents --config=configs/rig_learning.py \
+  --config.data.dataset_dir="$WORK/data" --out "$WORK/latents" > "$LOGS/latents.log" 2>&1
 echo "data $(( $(date +%s) - t0 )) s" | tee -a "$LOGS/times.txt"
 # Ctrl-C (SIGINT) after TRAIN_LIMIT seconds: training stops cleanly and evaluate scores the last saved step
-timeout -s INT -k 60 "${TRAIN_LIMIT:-430}" python3 -m cosmos_jax.train --config=configs/rig_learning.py \
-  --config.data.dataset_dir="$WORK/data" --noprogress "$@" > "$LOGS/train.log" 2>&1
+timeout -s INT -k 30 "${TRAIN_LIMIT:-380}" python3 -m cosmos_jax.train --config=configs/rig_learning.py \
+  --config.data.dataset_dir="$WORK/data" --config.data.latent_cache="$WORK/latents" --noprogress "$@" \
+  > "$LOGS/train.log" 2>&1
 echo "train rc=$? $(( $(date +%s) - t0 )) s" | tee -a "$LOGS/times.txt"
 JOB=$WORK/jobs/posttraining/quality/rig_learning
-python3 -m cosmos_jax.evaluate --checkpoint "$JOB" --dataset "$WORK/data" --clips 4 --num_steps 35 --guidance 3 \
-  --out "$WORK/evaluate" > "$LOGS/evaluate.log" 2>&1
+timeout -k 10 "${EVAL_LIMIT:-140}" python3 -m cosmos_jax.evaluate --checkpoint "$JOB" --dataset "$WORK/data" \
+  --clips 4 --num_steps 35 --guidance 3 --out "$WORK/evaluate" > "$LOGS/evaluate.log" 2>&1
 echo "evaluate rc=$? $(( $(date +%s) - t0 )) s" | tee -a "$LOGS/times.txt"
 cp "$JOB/metrics.jsonl" "$JOB/summary.json" "$JOB/quality.png" "$JOB/loss.png" "$OUT/" 2>/dev/null
 cp "$WORK/evaluate/metrics.json" "$OUT/evaluate_metrics.json" 2>/dev/null
 cp "$(ls "$WORK"/evaluate/*_sheet.png | head -1)" "$OUT/evaluate_sheet.png" 2>/dev/null
 cp "$(ls "$JOB"/samples/*_sheet.png | tail -1)" "$OUT/last_sample_sheet.png" 2>/dev/null
+cp "$JOB"/samples/*_sheet.png "$LOGS/" 2>/dev/null
 tar czf "$OUT/logs.tgz" -C "$LOGS" .
 grep -E "generated views|for reference|step [0-9]+/" "$LOGS/train.log" | tail -20
 tail -c 1500 "$LOGS/evaluate.log"

@@ -164,6 +164,14 @@ def generate(out_dir: str, clips: int = 4, seed: int = 0, embed_dim: int = 1024,
             "seconds": time.time() - t0}
 
 
+def _video_paths(clips: int, seed: int, heldout: int, root: str) -> list[str]:
+    """The front-view video paths that `generate` writes for these settings."""
+    train = [layout.video_path(root, VIEW_KEYS[0], f"synth_s{seed}_{k:04d}") for k in range(clips)]
+    held = [layout.video_path(os.path.join(root, "heldout"), VIEW_KEYS[0], f"synth_s{seed}_heldout_{k:04d}")
+            for k in range(heldout)]
+    return train + held
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m cosmos_jax.data.synthetic", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="dataset root to write")
@@ -173,9 +181,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--frames", type=int, default=24, help="frames per clip at 10 fps")
     ap.add_argument("--scale", type=float, default=1.0, help="multiplies the stored video sizes (144 px wide at 1)")
     ap.add_argument("--heldout", type=int, default=1, help="held-out clips (validation, evaluate)")
+    ap.add_argument("--text_only", action="store_true",
+                    help="write the text (t5_xxl, cache, t5, captions) and rig files only, beside videos rendered "
+                         "earlier with the same --clips/--seed/--frames/--scale/--heldout (rendering is the slow part;"
+                         " the text is the same bytes either way)")
     a = ap.parse_args(argv)
+    if a.text_only:
+        missing = [c for c in _video_paths(a.clips, a.seed, a.heldout, a.out) if not os.path.isfile(c)]
+        if missing:
+            raise SystemExit(f"--text_only: {len(missing)} video(s) missing under {a.out}, e.g. {missing[0]}: render "
+                             "them first (the same command without --text_only)")
     info = generate(a.out, clips=a.clips, seed=a.seed, embed_dim=a.embed_dim, frames=a.frames, scale=a.scale,
-                    heldout=a.heldout)
+                    heldout=a.heldout, render_videos=not a.text_only)
     print(f"wrote {len(info['clips'])} training clip(s) + {len(info['heldout'])} held-out to {a.out} "
           f"in {info['seconds']:.1f} s")
 

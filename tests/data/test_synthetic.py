@@ -184,3 +184,22 @@ def test_wide_embeddings_use_a_fixed_projection(tmp_path):
     assert os.path.isfile(tmp_path / "t5" / "proj.npy")
     (e,) = enc.embed(texts[:1])
     assert e.shape == (len(enc.tokenizer.encode(texts[0])) + 1, 160) and e.dtype == np.float32
+
+
+def test_text_only_cli_beside_rendered_videos(ds, tmp_path):
+    """`--text_only` writes the text beside videos rendered earlier (the same bytes as a full run) and refuses,
+    naming a missing video, when the videos are not there."""
+    root, _ = ds
+    copy = tmp_path / "copy"
+    for sub in ("videos", "heldout/videos"):
+        for v in VIEWS:
+            os.makedirs(copy / sub / v)
+            for f in os.listdir(os.path.join(root, sub, v)):
+                os.link(os.path.join(root, sub, v, f), copy / sub / v / f)
+    args = ["--out", str(copy), "--clips", "2", "--embed_dim", str(D), "--frames", str(FRAMES), "--text_only"]
+    synthetic.main(args)
+    assert _pkls(str(copy)) == _pkls(root)
+    assert _files(str(copy)) == _files(root)
+
+    with pytest.raises(SystemExit, match=r"1 video\(s\) missing .*synth_s0_0002\.mp4"):
+        synthetic.main([*args[:2], "--clips", "3", *args[4:]])
