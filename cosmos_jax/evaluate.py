@@ -3,7 +3,8 @@
 Generates the other cameras of N clips of a dataset from their front camera (the training rig, the clips' own text
 embeddings, the first window of each clip) and scores them (cosmos_jax/quality.py): cross-view consistency of the
 generated views against the clip's rig calibration, PSNR/SSIM against the real views, and for reference the same
-numbers for the real views (the ceiling) and for "every view = the front view" (the trivial baseline).
+numbers for the real views (the ceiling), for "every view = the front view" (the trivial baseline) and for the real
+views encoded and decoded by the tokenizer (`real_tokenized`: the ceiling for a generator in its latent space).
 
 The dataset's held-out clips are used when it has them (`DIR/heldout`). Writes to --out (default
 `JOB/evaluate/step_N`): metrics.json (per clip, per pair and view, and the means), metrics.csv (one row per clip and
@@ -19,6 +20,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
@@ -29,7 +31,7 @@ from cosmos_jax.samples import write_comparison
 from cosmos_jax.weights import dit
 from cosmos_jax.weights import tokenizer as tok
 
-KINDS = ("generated", "real", "baseline_front_copy")
+KINDS = ("generated", "real", "baseline_front_copy", "real_tokenized")
 COLUMNS = ("sampson_median_px", "inlier_fraction", "matches", "inliers", "psnr_db", "ssim")
 
 
@@ -79,7 +81,10 @@ def evaluate(checkpoint: str, dataset_dir: str, clips: int = 4, n_views: int = 0
             gen, _ = inference.view_extend(loaded, tokenizer, sample["video"][0], sample["text"], rig,
                                            float(sample["fps"]), jax.random.key(seed + k), num_steps, guidance)
         real = dict(zip(names, sample["video"], strict=True))
-        rep = quality.report(dict(zip(names, gen, strict=True)), real, quality.load_rig(root, clip), frames)
+        with sharding.activate(mesh):
+            tokenized = sharding.to_host(tokenizer.roundtrip(jnp.asarray(sample["video"])[None]))[0]
+        rep = quality.report(dict(zip(names, gen, strict=True)), real, quality.load_rig(root, clip), frames,
+                             dict(zip(names, tokenized, strict=True)))
         stem = os.path.splitext(clip)[0]
         _, sheet = write_comparison(out, stem, sample["video"], gen, names, float(sample["fps"]))
         per_clip.append({"clip": clip, "sheet": sheet, **rep})

@@ -202,15 +202,22 @@ def summarise(metrics: dict) -> dict:
     return s
 
 
-def references(real: dict[str, np.ndarray], rig: dict, frames: int = 6) -> dict:
-    """The scores of the real views (the ceiling) and of "every view = the front view" (the trivial baseline)."""
+def references(real: dict[str, np.ndarray], rig: dict, frames: int = 6,
+               tokenized: dict[str, np.ndarray] | None = None) -> dict:
+    """The scores of the real views (the ceiling), of "every view = the front view" (the trivial baseline) and,
+    given `tokenized` (the real views encoded and decoded by the training tokenizer, `Tokenizer.roundtrip`), of
+    those: the ceiling for a generator that works in the tokenizer's latent space."""
     from cosmos_jax.data import video
 
     front = real["pinhole_front"]
     baseline = {name: video.resize(front[: len(v)], v.shape[1:3]) for name, v in real.items()}
-    return {"real": score(real, rig, None, frames), "baseline_front_copy": score(baseline, rig, real, frames)}
+    out = {"real": score(real, rig, None, frames), "baseline_front_copy": score(baseline, rig, real, frames)}
+    if tokenized is not None:
+        out["real_tokenized"] = score(tokenized, rig, real, frames)
+    return out
 
 
-def report(generated: dict[str, np.ndarray], real: dict[str, np.ndarray], rig: dict, frames: int = 6) -> dict:
-    """The generated views' metrics beside the real views' (ceiling) and the front-copy baseline's."""
-    return {"generated": score(generated, rig, real, frames), **references(real, rig, frames)}
+def report(generated: dict[str, np.ndarray], real: dict[str, np.ndarray], rig: dict, frames: int = 6,
+           tokenized: dict[str, np.ndarray] | None = None) -> dict:
+    """The generated views' metrics beside the references' (`references`)."""
+    return {"generated": score(generated, rig, real, frames), **references(real, rig, frames, tokenized)}

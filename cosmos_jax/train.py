@@ -183,9 +183,10 @@ def _train(config, mesh, progress: bool) -> dict:
         ref = validator.reference_quality()
         writer.write(0, {f"{k}_{m}": v for k, d in ref.items() for m, v in d.items()}, prefix="val_reference")
         log.info("held-out views, for reference: real views Sampson median %.2f px, inliers %.2f; every view = the "
-                 "front view: %.2f px, inliers %.2f, PSNR %.2f dB, SSIM %.3f",
+                 "front view: %.2f px, inliers %.2f, PSNR %.2f dB, SSIM %.3f; real views through the tokenizer: "
+                 "%.2f px, inliers %.2f, PSNR %.2f dB, SSIM %.3f",
                  ref["real"].get("sampson_median_px", float("nan")), ref["real"].get("inlier_fraction", float("nan")),
-                 *(ref["baseline_front_copy"].get(k, float("nan"))
+                 *(ref[kind].get(k, float("nan")) for kind in ("baseline_front_copy", "real_tokenized")
                    for k in ("sampson_median_px", "inlier_fraction", "psnr_db", "ssim")))
     if start == 0 and validator and config.samples.val_at_start:
         at_start = phases.validate(state, 0, with_samples=config.samples.samples_at_start)

@@ -52,7 +52,8 @@ def table(rows: list[dict], evaluated: dict | None) -> dict:
         out["validation"][key] = {
             "label": label, "better": better, "step_0": _num(first.get(key)),
             f"step_{last['step']}": _num(last.get(key)),
-            "baseline_front_copy": _num(ref.get(f"baseline_front_copy_{ekey}")), "real": _num(ref.get(f"real_{ekey}"))}
+            "baseline_front_copy": _num(ref.get(f"baseline_front_copy_{ekey}")), "real": _num(ref.get(f"real_{ekey}")),
+            "real_tokenized": _num(ref.get(f"real_tokenized_{ekey}"))}
         out["curves"][key] = [_num(r.get(key)) for r in val]
     out["val_loss_ema"] = [_num(r.get("val_loss_ema")) for r in val]
     if evaluated:
@@ -66,9 +67,10 @@ def table(rows: list[dict], evaluated: dict | None) -> dict:
 
 def markdown(t: dict) -> str:
     end = f"step_{t['steps'][-1]}"
-    lines = [f"| metric | step 0 | step {t['steps'][-1]} | front-copy baseline | real views |", "|---|---|---|---|---|"]
+    lines = [f"| metric | step 0 | step {t['steps'][-1]} | front-copy baseline | real views | real views through the "
+             "tokenizer |", "|---|---|---|---|---|---|"]
     for v in t["validation"].values():
-        cells = [v["step_0"], v[end], v["baseline_front_copy"], v["real"]]
+        cells = [v["step_0"], v[end], v["baseline_front_copy"], v["real"], v.get("real_tokenized")]
         lines.append(f"| {v['label']} ({v['better']} is better) | " + " | ".join("—" if c is None else f"{c:g}"
                                                                               for c in cells) + " |")
     return "\n".join(lines)

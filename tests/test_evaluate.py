@@ -34,6 +34,7 @@ def test_evaluate_a_job(tmp_path, monkeypatch):
     assert [c["clip"] for c in res["clips"]] == held  # the held-out clips (3 asked, 2 there)
     m = res["means"]
     assert m["real"]["sampson_median_px"] < m["baseline_front_copy"]["sampson_median_px"]
+    assert m["baseline_front_copy"]["psnr_db"] + 3 < m["real_tokenized"]["psnr_db"] < 60
     assert np.isfinite(m["generated"]["psnr_db"]) and "ssim" in m["generated"] and "psnr_db" not in m["real"]
     saved = json.load(open(os.path.join(res["out"], "metrics.json")))
     assert saved["means"]["baseline_front_copy"]["psnr_db"] == m["baseline_front_copy"]["psnr_db"]

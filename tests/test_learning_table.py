@@ -22,7 +22,8 @@ def _rows():
     ref = {"step": 0, "kind": "val_reference", "real_sampson_median_px": 0.5, "real_inlier_fraction": 0.8,
            "real_matches": 90.0, "baseline_front_copy_sampson_median_px": 7.0,
            "baseline_front_copy_inlier_fraction": 0.3,
-           "baseline_front_copy_matches": 40.0, "baseline_front_copy_psnr_db": 12.5, "baseline_front_copy_ssim": 0.33}
+           "baseline_front_copy_matches": 40.0, "baseline_front_copy_psnr_db": 12.5, "baseline_front_copy_ssim": 0.33,
+           "real_tokenized_psnr_db": 21.5}
     val = [{"step": s, "kind": "val", "val_loss_ema": 1.0 / (s + 1), "xview_sampson_median_px": px,
             "xview_inlier_fraction": f, "xview_matches": m, "psnr_db": p, "ssim": q}
            for s, px, f, m, p, q in [(400, 3.0, 0.5, 20.0, 14.0, 0.4), (0, math.nan, 0.0, 0.0, 9.9, 0.17)]]
@@ -44,7 +45,8 @@ def test_table_orders_steps_and_keeps_the_reference(lt, tmp_path, capsys):
     assert (psnr["step_0"], psnr["step_400"], psnr["baseline_front_copy"], psnr["real"]) == (9.9, 14.0, 12.5, None)
     assert t["curves"]["ssim"] == [0.17, 0.4] and "evaluate" not in t
     printed = capsys.readouterr().out
-    assert "| PSNR vs real (dB) (higher is better) | 9.9 | 14 | 12.5 | — |" in printed
+    assert psnr["real_tokenized"] == 21.5 and px["real_tokenized"] is None
+    assert "| PSNR vs real (dB) (higher is better) | 9.9 | 14 | 12.5 | — | 21.5 |" in printed
 
 
 def test_evaluate_means_are_carried(lt, tmp_path):

@@ -32,6 +32,9 @@ def test_saves_score_the_generated_views(tmp_path, monkeypatch):
     r = ref[0]
     assert r["real_matches"] > 0 and r["real_sampson_median_px"] < r["baseline_front_copy_sampson_median_px"]
     assert 0 < r["baseline_front_copy_psnr_db"] < 30 and r["baseline_front_copy_ssim"] < 1
+    # The real views through the (haar) tokenizer: far closer to the real ones than the front copy, not equal.
+    assert r["baseline_front_copy_psnr_db"] + 3 < r["real_tokenized_psnr_db"] < 60
+    assert r["baseline_front_copy_ssim"] < r["real_tokenized_ssim"] < 1
     v = val[1]
     assert "xview_matches" in val[0] and np.isfinite(val[0]["psnr_db"])
     assert {"xview_sampson_median_px", "xview_inlier_fraction", "xview_matches", "psnr_db", "ssim"} <= set(v)

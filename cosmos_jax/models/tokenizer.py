@@ -167,6 +167,11 @@ class Tokenizer:
         """Final latents -> uint8 pixels [B, V, F, H, W, 3]."""
         return self.decode_to_pixels(self.norm.decode_latents(z_BVThwC))
 
+    def roundtrip(self, video_BVFHW3):
+        """uint8 pixels encoded and decoded again: the closest to the real video that a generator working in this
+        tokenizer's latent space can come (the ceiling of its fidelity and consistency scores)."""
+        return self.decode(self.encode(video_BVFHW3))
+
 
 # Per-channel std of raw haar latents, measured on the synthetic rig's videos (DC luma ~10, coarse details ~2,
 # fine details ~0.2): the normalised latents then have std ~1 before the x sigma_data (0.5), as upstream's

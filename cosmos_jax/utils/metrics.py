@@ -92,7 +92,7 @@ def plot_quality(metrics_path: str, out_png: str) -> str | None:
         pts = [(r["step"], r[key]) for r in val if key in r]
         if pts:
             ax.plot(*zip(*pts, strict=True), "o-", label="generated")
-        for name, style in (("real", "g--"), ("baseline_front_copy", "r:")):
+        for name, style in (("real", "g--"), ("baseline_front_copy", "r:"), ("real_tokenized", "m-.")):
             v = ref.get(f"{name}_{ref_key}")
             if v is not None and np.isfinite(v):
                 ax.axhline(v, color=style[0], ls=style[1:], label=name.replace("_", " "))

@@ -51,6 +51,18 @@ def test_tokenizer_chunks_normalises_and_inverts():
         t.encode(video[:, :, :10])
 
 
+def test_roundtrip_is_the_projection_onto_what_the_latents_hold():
+    """`roundtrip` (the ceiling of a generator in latent space): textured pixels lose their detail, once; pixels
+    already on the tokenizer's subspace pass (to uint8 rounding)."""
+    t = tok.haar_tokenizer(pixel_chunk_duration=9)
+    video = jax.random.randint(jax.random.key(3), (1, 2, 9, 16, 24, 3), 0, 256).astype(jnp.uint8)
+    once = t.roundtrip(video)
+    assert once.shape == video.shape and once.dtype == jnp.uint8
+    assert tok.psnr(once, video) < 20  # noise lives outside the 4x4x4 cells' means
+    twice = t.roundtrip(once)
+    assert int(jnp.max(jnp.abs(twice.astype(jnp.int32) - once.astype(jnp.int32)))) <= 2
+
+
 def test_latent_norm_per_frame_in_chunk_numpy_and_jax():
     """final = (raw - mean[c, t]) / std[c, t] * sigma_data with t the frame's index in its chunk; decode inverts it;
     numpy and jax agree (to an ulp: XLA may fuse the division); Tokenizer.encode is encode_pixels followed by it."""
