@@ -8,6 +8,11 @@
 # python -m cosmos_jax.evaluate on the held-out clips (at most EVAL_LIMIT s, default 140). Metrics, plots and sheets
 # are copied to OUTDIR, the logs and every sample sheet packed in OUTDIR/logs.tgz: 8 files, what the device tool
 # brings back from $OUT. Ends with scripts/learning_table.py's table.
+# Rendering the videos where they are made (a few MB; the text is written on the device):
+#   python -m cosmos_jax.data.synthetic --out /tmp/rig --clips 16 --frames 20 --heldout 4 --scale 2.2222222
+#   mkdir -p datasets/rig_learning_videos/heldout && cp -r /tmp/rig/{videos,rig} datasets/rig_learning_videos/ &&
+#   cp -r /tmp/rig/heldout/{videos,rig} datasets/rig_learning_videos/heldout/
+#   device call: RIG_VIDEOS=datasets/rig_learning_videos bash scripts/gpu_learning.sh $OUT/rig  (carry .whl and it)
 set -u
 OUT=${1:-bench/results/rig_learning}; shift || true
 WORK=${WORK:-/root/rig_learning}

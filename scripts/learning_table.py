@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("dir", type=pathlib.Path)
     p.add_argument("--card", required=True)
-    p.add_argument("--command", default="TRAIN_LIMIT=400 bash scripts/gpu_learning.sh OUT")
+    p.add_argument("--command", default="RIG_VIDEOS=datasets/rig_learning_videos bash scripts/gpu_learning.sh OUT")
     p.add_argument("--out", type=pathlib.Path)
     a = p.parse_args(argv)
     metrics = a.dir / "metrics.jsonl"
