@@ -5,7 +5,8 @@
 # with the same settings and writes only their text, since rendering takes ~150 s on one core) -> a latent cache
 # (python -m cosmos_jax.data.encode_latents: the video loader is bound by Python at ~20 samples/s) ->
 # python -m cosmos_jax.train (scored at every save; stopped with SIGINT after TRAIN_LIMIT s, default 380) ->
-# python -m cosmos_jax.evaluate on the held-out clips (at most EVAL_LIMIT s, default 140). Metrics, plots and sheets
+# python -m cosmos_jax.evaluate on the held-out clips (at most EVAL_LIMIT s, default 140; then once more with one
+# sampler step, the network's mean estimate, 60 s at most). Metrics, plots and sheets
 # are copied to OUTDIR, the logs and every sample sheet packed in OUTDIR/logs.tgz: 8 files, what the device tool
 # brings back from $OUT. Ends with scripts/learning_table.py's table.
 # Rendering the videos where they are made (a few MB; the text is written on the device):
@@ -32,7 +33,7 @@ fi
   --config.data.dataset_dir="$WORK/data" --out "$WORK/latents" > "$LOGS/latents.log" 2>&1
 echo "data $(( $(date +%s) - t0 )) s" | tee -a "$LOGS/times.txt"
 # Ctrl-C (SIGINT) after TRAIN_LIMIT seconds: training stops cleanly and evaluate scores the last saved step
-timeout -s INT -k 30 "${TRAIN_LIMIT:-380}" python3 -m cosmos_jax.train --config=configs/rig_learning.py \
+timeout -s INT -k 30 "${TRAIN_LIMIT:-360}" python3 -m cosmos_jax.train --config=configs/rig_learning.py \
   --config.data.dataset_dir="$WORK/data" --config.data.latent_cache="$WORK/latents" --noprogress "$@" \
   > "$LOGS/train.log" 2>&1
 echo "train rc=$? $(( $(date +%s) - t0 )) s" | tee -a "$LOGS/times.txt"
@@ -40,6 +41,11 @@ JOB=$WORK/jobs/posttraining/quality/rig_learning
 timeout -k 10 "${EVAL_LIMIT:-140}" python3 -m cosmos_jax.evaluate --checkpoint "$JOB" --dataset "$WORK/data" \
   --clips 4 --num_steps 35 --guidance 3 --out "$WORK/evaluate" > "$LOGS/evaluate.log" 2>&1
 echo "evaluate rc=$? $(( $(date +%s) - t0 )) s" | tee -a "$LOGS/times.txt"
+# One sampler step = the network's x0 from pure noise, its estimate of the mean view: what it has learned of the
+# layout, without the detail a full sampling run invents (into logs.tgz)
+timeout -k 10 60 python3 -m cosmos_jax.evaluate --checkpoint "$JOB" --dataset "$WORK/data" --clips 4 --num_steps 1 \
+  --guidance 3 --out "$WORK/evaluate_1step" > "$LOGS/evaluate_1step.log" 2>&1
+cp "$WORK/evaluate_1step/metrics.json" "$LOGS/evaluate_1step_metrics.json" 2>/dev/null
 cp "$JOB/metrics.jsonl" "$JOB/summary.json" "$JOB/quality.png" "$JOB/loss.png" "$OUT/" 2>/dev/null
 cp "$WORK/evaluate/metrics.json" "$OUT/evaluate_metrics.json" 2>/dev/null
 cp "$(ls "$WORK"/evaluate/*_sheet.png | head -1)" "$OUT/evaluate_sheet.png" 2>/dev/null
