@@ -281,6 +281,10 @@ def main(argv):
     if flags.FLAGS.config is None:
         raise app.UsageError("--config is required")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # SIGINT stops the run cleanly (KeyboardInterrupt: the curves are plotted, the last checkpoint named) even when
+    # the process was started with SIGINT ignored, as a shell does for `cmd &` in a script: `kill -INT`, `timeout -s
+    # INT` and a scheduler's signal must reach a training started in the background too.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     f = flags.FLAGS
     distributed.maybe_initialize(f.coordinator_address, f.num_processes, f.process_id)
     try:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -33,11 +34,14 @@ def args(data, *extra):
             "--config.batch_size=1", "--config.model.num_blocks=2", "--config.model.model_channels=64", *extra]
 
 
-def run(data, out, *extra, fault=None, expect=0):
+def run(data, out, *extra, fault=None, expect=0, sigint_ignored=False):
+    """The CLI in a subprocess; `sigint_ignored`: started with SIGINT ignored, as a script's `cmd &` is."""
     env = {**os.environ, "OUTPUT_ROOT": str(out), "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
     if fault:
         env["COSMOS_JAX_FAULT"] = fault
-    p = subprocess.run(args(data, *extra), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    pre = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
+    p = subprocess.run(args(data, *extra), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+                       preexec_fn=pre)
     assert p.returncode == expect, p.stdout[-2000:] + p.stderr[-4000:]
     return p
 
@@ -115,8 +119,9 @@ def test_resume_after_kills_matches_uninterrupted(data, uninterrupted, tmp_path)
 
 def test_ctrl_c_stops_cleanly_with_plots(data, tmp_path):
     """SIGINT (Ctrl-C, `timeout -s INT`) after step 3: exit 130, the last complete checkpoint named, the curves of
-    what ran plotted; a rerun resumes from that checkpoint."""
-    p = run(data, tmp_path, fault="ctrl_c_after_step:3", expect=130)
+    what ran plotted; a rerun resumes from that checkpoint. Also for a run started with SIGINT ignored (a script's
+    `python -m cosmos_jax.train ... &`, then `kill -INT`)."""
+    p = run(data, tmp_path, fault="ctrl_c_after_step:3", expect=130, sigint_ignored=True)
     assert "interrupted at step" in p.stderr and "last complete checkpoint is step 2" in p.stderr, p.stderr[-2000:]
     job = os.path.join(tmp_path, JOB)
     assert os.path.isfile(os.path.join(job, "loss.png"))
