@@ -80,9 +80,8 @@ def evaluate(checkpoint: str, dataset_dir: str, clips: int = 4, n_views: int = 0
         with sharding.activate(mesh):
             gen, _ = inference.view_extend(loaded, tokenizer, sample["video"][0], sample["text"], rig,
                                            float(sample["fps"]), jax.random.key(seed + k), num_steps, guidance)
-        real = dict(zip(names, sample["video"], strict=True))
-        with sharding.activate(mesh):
             tokenized = sharding.to_host(tokenizer.roundtrip(jnp.asarray(sample["video"])[None]))[0]
+        real = dict(zip(names, sample["video"], strict=True))
         rep = quality.report(dict(zip(names, gen, strict=True)), real, quality.load_rig(root, clip), frames,
                              dict(zip(names, tokenized, strict=True)))
         stem = os.path.splitext(clip)[0]
