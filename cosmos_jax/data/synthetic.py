@@ -66,9 +66,11 @@ from cosmos_jax.data.synthetic_scene import (
     Scene,
     TimeOfDay,
     Vehicle,
+    heldout_clip_id,
     make_rig,
     make_scene,
     rig_json,
+    training_clip_id,
     view_size,
 )
 from cosmos_jax.data.synthetic_text import (
@@ -91,8 +93,9 @@ __all__ = [
     "BASE_WIDTH", "FACADE_COLOURS", "FPS", "GLASS", "GRAMMAR_CORPUS", "HFOV_DEG", "LANES_WORD", "LANE_W", "MP4_CRF",
     "MP4_GOP", "PICKLE_PROTOCOL", "POLE", "RIG", "ROLE_FRONT", "ROLE_SIDE", "TIMES_OF_DAY", "TIRE",
     "VEHICLE_COLOURS", "VEHICLE_KINDS", "VIEW_INTRO", "Camera", "Facade", "Scene", "TimeOfDay",
-    "Vehicle", "build_text_encoder", "captions", "generate", "main", "make_rig", "make_scene",
-    "render", "render_clip", "rig_json", "train_tokenizer", "view_size", "visible_vehicles", "write_mp4",
+    "Vehicle", "build_text_encoder", "captions", "generate", "heldout_clip_id", "main", "make_rig", "make_scene",
+    "render", "render_clip", "rig_json", "train_tokenizer", "training_clip_id", "view_size", "visible_vehicles",
+    "write_mp4",
 ]
 
 PICKLE_PROTOCOL = 4
@@ -147,7 +150,7 @@ def generate(out_dir: str, clips: int = 4, seed: int = 0, embed_dim: int = 1024,
     t0 = time.time()
     cams = make_rig(scale)
     train = [make_scene(seed, k, frames) for k in range(clips)]
-    held = [make_scene(seed, 1_000_000 + k, frames, clip_id=f"synth_s{seed}_heldout_{k:04d}") for k in range(heldout)]
+    held = [make_scene(seed, 1_000_000 + k, frames, clip_id=heldout_clip_id(seed, k)) for k in range(heldout)]
     if render_videos:
         # Videos first: x264's output depends on the process's floating-point state, which JAX's runtime
         # changes once it starts; encoding before the text encoder runs keeps the mp4 bytes reproducible.
@@ -166,8 +169,8 @@ def generate(out_dir: str, clips: int = 4, seed: int = 0, embed_dim: int = 1024,
 
 def _video_paths(clips: int, seed: int, heldout: int, root: str) -> list[str]:
     """The front-view video paths that `generate` writes for these settings."""
-    train = [layout.video_path(root, VIEW_KEYS[0], f"synth_s{seed}_{k:04d}") for k in range(clips)]
-    held = [layout.video_path(os.path.join(root, "heldout"), VIEW_KEYS[0], f"synth_s{seed}_heldout_{k:04d}")
+    train = [layout.video_path(root, VIEW_KEYS[0], training_clip_id(seed, k)) for k in range(clips)]
+    held = [layout.video_path(os.path.join(root, "heldout"), VIEW_KEYS[0], heldout_clip_id(seed, k))
             for k in range(heldout)]
     return train + held
 

@@ -349,6 +349,16 @@ def _free(existing: list[Vehicle], lane: int, x0: float, speed: float, length: f
     return True
 
 
+def training_clip_id(seed: int, index: int) -> str:
+    """A training clip's id: `synth_s{seed}_{index:04d}`."""
+    return f"synth_s{seed}_{index:04d}"
+
+
+def heldout_clip_id(seed: int, k: int) -> str:
+    """The k-th held-out clip's id: `synth_s{seed}_heldout_{k:04d}`."""
+    return f"synth_s{seed}_heldout_{k:04d}"
+
+
 def make_scene(seed: int, index: int, frames: int, clip_id: str | None = None) -> Scene:
     """The scene of clip `index` of a dataset with `seed` (the held-out clip uses index >= 1_000_000)."""
     rng = np.random.default_rng([seed, index, 0x5EED])
@@ -362,7 +372,7 @@ def make_scene(seed: int, index: int, frames: int, clip_id: str | None = None) -
     ego_lane = int(rng.integers(n_same))
     duration = frames / FPS
 
-    scene = Scene(seed, index, clip_id or f"synth_s{seed}_{index:04d}", frames, tod, sun, ego_speed, ego_x0,
+    scene = Scene(seed, index, clip_id or training_clip_id(seed, index), frames, tod, sun, ego_speed, ego_x0,
                   n_same, n_oncoming, ego_lane, [], {}, float(rng.uniform(18, 30)), {}, float(rng.uniform(6, 8)),
                   tuple(float(c) for c in np.array((0.30, 0.30, 0.32)) * rng.uniform(0.85, 1.15)),
                   int(rng.integers(1 << 30)))
