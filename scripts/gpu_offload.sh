@@ -2,6 +2,7 @@
 # Full fine-tune of the 7B on one GPU with config.offload, measured on a lent H200 in one call:
 #   bash scripts/gpu_offload.sh OUTDIR [STAGES]
 # Stages (default: all, in this order):
+#   pcie   host <-> device copy rates of pinned host memory (scripts/bench_transfer.py)
 #   fit    compile-only memory analysis of the 28-block step with offload (moments + EMA, remat full and
 #          attention_outside; moments only, remat full)
 #   slice  the 6-block slice with moments + EMA offloaded, moments only, and without offload (the cost of streaming)
@@ -11,10 +12,10 @@
 #          seed shape, stopped with Ctrl-C (SIGINT) once step 2 is logged: a 7B full checkpoint (~108 GB) does not
 #          fit the lent machine's 64 GB disk
 # The bench JSONs land in OUTDIR, the logs in OUTDIR/offload_logs.tgz (packed again after each stage, so a call cut
-# short still brings back what ran): at most 5 files, within the 8 that the device tool brings back from $OUT.
+# short still brings back what ran): at most 7 files, within the 8 that the device tool brings back from $OUT.
 set -u
 OUT=${1:-bench/results}
-STAGES=${2:-"fit slice full lora"}
+STAGES=${2:-"pcie fit slice full lora"}
 W=${WORK:-/root/offload}
 LOGS=$W/logs
 mkdir -p "$OUT" "$LOGS"
@@ -35,6 +36,9 @@ bench() {  # name, timeout, args...
 }
 for s in $STAGES; do
   case $s in
+    pcie)
+      timeout 120 python3 scripts/bench_transfer.py --out "$OUT" > "$LOGS/pcie.txt" 2>&1
+      echo "pcie rc=$?" | tee -a "$LOGS/offload.log"; grep "gb_s" "$LOGS/pcie.txt" | tee -a "$LOGS/offload.log" ;;
     fit)
       bench fit_full 150 --compile_only "$OFF" --config.remat=full
       bench fit_full_opt 150 --compile_only "$OFF_OPT" --config.remat=full
