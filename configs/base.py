@@ -47,6 +47,10 @@ def get_config() -> ml_collections.ConfigDict:
     # State parts kept in pinned host memory and streamed through the update one block at a time:
     # () or a tuple of "opt_state" (Adam moments), "ema" (cosmos_jax/offload.py).
     c.offload = ()
+    # True: each step's update of the offloaded parts runs inside the next step's forward pass, block by block, so
+    # that the host copies overlap the blocks' compute (cosmos_jax/offload_overlap.py; grad_accum 1, full fine-tune;
+    # the blocks are rematerialised in full).
+    c.offload_overlap = False
     c.tokenizer = ml_collections.ConfigDict(dict(
         name="cosmos", checkpoint_dir="checkpoints/Cosmos-Tokenize1-CV8x8x8-720p", pixel_chunk_duration=57,
         latent_channels=16, temporal_compression=8, spatial_compression=8,

@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 
-from cosmos_jax import offload, remat, sharding
+from cosmos_jax import offload, offload_overlap, remat, sharding
 from cosmos_jax.diffusion.conditioning import TRAIN_LOCATIONS
 from cosmos_jax.models.attention import IMPLEMENTATIONS as ATTENTION
 from cosmos_jax.weights import checkpoint, folder
@@ -68,6 +68,7 @@ def check(c, num_devices: int) -> None:
     _need(c.remat in remat.POLICIES, f"config.remat={c.remat!r}: expected one of {', '.join(remat.POLICIES)}")
     try:
         offload.check(c.offload, c.model.scan_blocks)
+        offload_overlap.check(c.get("offload_overlap", False), c.offload, c.grad_accum, c.lora.rank > 0)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     check_mesh(c.mesh, num_devices)

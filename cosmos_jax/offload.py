@@ -81,15 +81,8 @@ def update(grads, params, opt_state, ema, *, clip, adamw, ema_beta, parts):
     host_opt, host_ema = "opt_state" in parts, "ema" in parts
 
     def one(g, p, skeleton, moments, e):
-        """AdamW + EMA of one piece; `skeleton` = its optimizer state without the moments (the step count)."""
-        state = _combine(skeleton, on_device(moments) if host_opt else moments)
-        upd, state = adamw.update(g, state, p)
-        p = optax.apply_updates(p, upd)
-        if ema_beta is not None:
-            e = _ema(on_device(e) if host_ema else e, p, ema_beta)
-            e = on_host(e) if host_ema else e
-        skeleton, moments = _partition(state, jax.tree.structure(p))
-        return p, skeleton, (on_host(moments) if host_opt else moments), e
+        return piece(g, p, skeleton, moments, e, adamw=adamw, ema_beta=ema_beta, host_opt=host_opt,
+                     host_ema=host_ema)
 
     # Outside the blocks: one piece. Its new skeleton carries the advanced step count for the whole state.
     rest_def = jax.tree.structure(_rest(params))
@@ -125,6 +118,24 @@ def update(grads, params, opt_state, ema, *, clip, adamw, ema_beta, parts):
     moments = [_merge(b, r) for b, r in zip(moments_blk, moments_rest, strict=True)]
     adam_state = _combine(new_skeleton, moments)  # skeletons hold no param-shaped parts: any piece's will do
     return _merge(p_blk, p_rest), (clip_state, adam_state), _merge(e_blk, e_rest)
+
+
+def piece(g, p, skeleton, moments, e, *, adamw, ema_beta, host_opt: bool, host_ema: bool, keep=None):
+    """AdamW + EMA of one piece of the params (a block, or the tensors outside the blocks): (p, skeleton, moments,
+    e) after the update, moments and EMA back where they came from (host memory for the offloaded parts).
+    `skeleton` = the piece's optimizer state without the moments (the step count). `keep` (a traced bool, or None):
+    where True the old values are returned instead (offload_overlap's first step, which has no pending update)."""
+    moments, e = (on_device(moments) if host_opt else moments), (on_device(e) if host_ema and e is not None else e)
+    state = _combine(skeleton, moments)
+    upd, new_state = adamw.update(g, state, p)
+    new_p = optax.apply_updates(p, upd)
+    new_e = e if ema_beta is None else _ema(e, new_p, ema_beta)
+    if keep is not None:
+        new_p, new_state, new_e = jax.tree.map(lambda new, old: jnp.where(keep, old, new),
+                                               (new_p, new_state, new_e), (p, state, e))
+    skeleton, moments = _partition(new_state, jax.tree.structure(p))
+    return new_p, skeleton, (on_host(moments) if host_opt else moments), (
+        on_host(new_e) if host_ema and new_e is not None else new_e)
 
 
 def _take(tree, i):

@@ -20,7 +20,7 @@ import optax
 from flax import nnx
 
 from cosmos_jax import ema as ema_lib
-from cosmos_jax import offload, optim
+from cosmos_jax import offload, offload_overlap, optim
 from cosmos_jax.diffusion import conditioning, edm
 from cosmos_jax.diffusion import denoise as dn
 
@@ -42,6 +42,7 @@ class StepConfig:
     ema_enabled: bool
     ema_gamma: float
     offload: tuple[str, ...] = ()
+    overlap: bool = False
 
     @classmethod
     def from_config(cls, c) -> StepConfig:
@@ -57,7 +58,9 @@ class StepConfig:
                    aug_multiplier=cd.augment_sigma_multiplier, text_dropout=cd.text_dropout_rate,
                    force_finite=c.optim.force_finite, ema_enabled=c.ema.enabled,
                    ema_gamma=ema_lib.power_gamma(c.ema.s),
-                   offload=offload.check(c.offload, c.model.scan_blocks))
+                   offload=offload.check(c.offload, c.model.scan_blocks),
+                   overlap=offload_overlap.check(c.get("offload_overlap", False), c.offload, c.grad_accum,
+                                                 c.lora.rank > 0))
 
 
 def latents_of(batch, tokenizer):
@@ -103,18 +106,32 @@ def train_step(state, batch, key, *, graphdef, tx_parts: tuple[optax.GradientTra
     """One optimizer update over `grad_accum` micro-batches (the leading axis of every batch array).
     `tx_parts` = `optim.parts(config)`: (clip, AdamW), chained on the whole tree, or with `cfg.offload` the clip on
     the whole gradient and AdamW one block at a time (cosmos_jax/offload.py)."""
-    grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+    params, block_update = state["params"], None
+    if cfg.overlap:  # the previous step's update: outside the blocks now, the blocks' inside the forward pass
+        params, block_update, rest = offload_overlap.begin(state, adamw=tx_parts[1], parts=cfg.offload,
+                                                           ema_enabled=cfg.ema_enabled)
+
+    def loss_fn(*args):  # micro_loss, and with offload_overlap the blocks' params/moments/EMA after the update
+        if block_update is None:
+            return micro_loss(*args)
+        with offload_overlap.streaming(block_update) as u:
+            loss, metrics = micro_loss(*args)
+        return loss, (metrics, u.out)
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     accum = batch["text"].shape[0]
     keys = jax.random.split(key, accum)
 
     def micro(grads, xs):
         mb, k = xs
-        (_, metrics), g = grad_fn(state["params"], state["buffers"], graphdef, mb, k, cfg, tokenizer)
+        (_, metrics), g = grad_fn(params, state["buffers"], graphdef, mb, k, cfg, tokenizer)
         return jax.tree.map(jnp.add, grads, g), metrics
 
     if accum == 1:  # no accumulator: one gradient-sized buffer fewer (7B fp32: 29 GB)
-        (_, metrics), grads = grad_fn(state["params"], state["buffers"], graphdef,
+        (_, metrics), grads = grad_fn(params, state["buffers"], graphdef,
                                       jax.tree.map(lambda a: a[0], batch), keys[0], cfg, tokenizer)
+        if block_update is not None:
+            metrics, block_out = metrics
     else:
         zeros = jax.tree.map(jnp.zeros_like, state["params"])
         grads, metrics = jax.lax.scan(micro, zeros, (batch, keys))
@@ -126,7 +143,11 @@ def train_step(state, batch, key, *, graphdef, tx_parts: tuple[optax.GradientTra
         nonfinite = jnp.zeros((), jnp.int32)
     grad_norm = optax.tree.norm(grads)
     beta = ema_lib.power_beta(state["step"], cfg.ema_gamma) if cfg.ema_enabled else None
-    if cfg.offload:  # moments / EMA in host memory: the same update, streamed one block at a time
+    new_state = {}
+    if cfg.overlap:  # this step's update is applied by the next step (or offload_overlap.flush)
+        params, opt_state, ema, new_state["pending"] = offload_overlap.finish(grads, params, block_out, rest,
+                                                                              clip=tx_parts[0], beta=beta)
+    elif cfg.offload:  # moments / EMA in host memory: the same update, streamed one block at a time
         clip, adamw = tx_parts
         params, opt_state, ema = offload.update(grads, state["params"], state["opt_state"], state["ema"], clip=clip,
                                                 adamw=adamw, ema_beta=beta, parts=cfg.offload)
@@ -134,7 +155,8 @@ def train_step(state, batch, key, *, graphdef, tx_parts: tuple[optax.GradientTra
         updates, opt_state = optax.chain(*tx_parts).update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         ema = state["ema"] if beta is None else ema_lib.update(state["ema"], params, beta)
-    new_state = {**state, "step": state["step"] + 1, "params": params, "opt_state": opt_state, "ema": ema}
+    new_state = {**state, "step": state["step"] + 1, "params": params, "opt_state": opt_state, "ema": ema,
+                 **new_state}
     metrics.update(grad_norm=grad_norm, nonfinite_grads=nonfinite)
     return new_state, metrics
 

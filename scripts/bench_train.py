@@ -60,7 +60,7 @@ def build(config, devices: int = 0, compile_only: bool = False):
     """(mesh, jitted step, state, batch, info) for synthetic latents of the config's shape on the first `devices`
     devices (0 = all); `compile_only`: the state is its abstract shapes. Call and trace the step under
     `sharding.activate(mesh)`."""
-    from cosmos_jax import optim, sharding
+    from cosmos_jax import offload_overlap, optim, sharding
     from cosmos_jax import step as step_lib
     from cosmos_jax import train_state as ts
     from cosmos_jax.models import build as build_lib
@@ -74,6 +74,11 @@ def build(config, devices: int = 0, compile_only: bool = False):
     tx = optim.make(config)
     graphdef, abstract, shardings = ts.layout(cfg, tx, mesh, offload=tuple(config.offload))
     state = abstract if compile_only else ts.create(cfg, tx, mesh, shardings)
+    if config.get("offload_overlap"):  # the state carries the pending update (cosmos_jax/offload_overlap.py)
+        state = (offload_overlap.with_pending(state, shardings) if not compile_only else
+                 {**state, "pending": jax.eval_shape(lambda s: offload_overlap.with_pending(s, shardings)["pending"],
+                                                     state)})
+        shardings = offload_overlap.shardings(shardings)
     rng = np.random.default_rng(0)
     host = {"latents": (rng.standard_normal((1, batch, views, t_lat, h_lat, w_lat, c_lat)) * 0.5).astype(np.float32),
             "text": rng.standard_normal((1, batch, views, 512, cfg.crossattn_emb_channels)).astype(np.float32),
@@ -123,7 +128,8 @@ def main(argv):
     suffix = "" if ndev == 1 else "_" + "-".join(f"{k}{v}" for k, v in mesh_sizes.items() if v > 1)
     result = {
         "name": f.name or (f"train_{cfg.num_blocks}blocks_remat-{config.remat}{'_lora' if cfg.lora_rank else ''}"
-                           + ("_offload-" + "-".join(config.offload) if config.offload else "") + suffix),
+                           + ("_offload-" + "-".join(config.offload) if config.offload else "")
+                           + ("_overlap" if config.get("offload_overlap") else "") + suffix),
         "mode": "lora" if cfg.lora_rank else "full",
         "num_devices": ndev, "card": jax.devices()[0].device_kind, "date": datetime.date.today().isoformat(),
         "command": " ".join(["python", "scripts/bench_train.py", *sys.argv[1:]]),
@@ -135,7 +141,8 @@ def main(argv):
         "step_time_s": step_time, "step_times_s": times, "samples_per_s": batch / step_time,
         "model_tflops_per_step": flops / 1e12, "mfu": flops / step_time / (PEAK * ndev),
         "gemm_tflops": gemm_tflops(), "peak_memory_gb": peak_memory_gb(), "compile_s": compile_s,
-        "compiled_memory_gib": memory, "offload": list(config.offload), "peak_host_rss_gb": memory_lib.peak_rss_gb(),
+        "compiled_memory_gib": memory, "offload": list(config.offload),
+        "offload_overlap": bool(config.get("offload_overlap")), "peak_host_rss_gb": memory_lib.peak_rss_gb(),
         "loss": float(m["loss"]), "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "num_processes": jax.process_count(),
     }

@@ -3,10 +3,11 @@
 #   bash scripts/gpu_offload.sh OUTDIR [STAGES]
 # Stages (default: all, in this order):
 #   pcie   host <-> device copy rates of pinned host memory (scripts/bench_transfer.py)
-#   fit    compile-only memory analysis of the 28-block step with offload (moments + EMA, remat full and
-#          attention_outside; moments only, remat full)
-#   slice  the 6-block slice with moments + EMA offloaded, moments only, and without offload (the cost of streaming)
-#   full   the 28-block 7B, offload, remat full: step time, MFU, device and host peaks
+#   fit    compile-only memory analysis of the 28-block step with offload_overlap (moments + EMA; moments only)
+#   slice  the 6-block slice: moments + EMA offloaded with offload_overlap, and without offload, both remat full
+#          (the overlapped update rematerialises the blocks in full); without offload with attention_outside
+#   full   the 28-block 7B, moments + EMA offloaded with offload_overlap, remat full: step time, MFU, device and host
+#          peaks
 #   lora   LoRA r16 of the 7B with remat attention_outside (no offload)
 #   train  python -m cosmos_jax.train --config=configs/waymo_1gpu.py (the user's command) on synthetic clips at the
 #          seed shape, stopped with Ctrl-C (SIGINT) once step 2 is logged: a 7B full checkpoint (~108 GB) does not
@@ -25,6 +26,7 @@ fi
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 OFF='--config.offload=("opt_state","ema")'
 OFF_OPT='--config.offload=("opt_state",)'  # the EMA stays on the device: a third less to stream, if it fits
+OVL=--config.offload_overlap=True  # the update inside the next step's forward pass (cosmos_jax/offload_overlap.py)
 LORA=(--config.lora.rank=16 --config.lora.alpha=16 "--config.lora.targets=('to_q','to_k','to_v','to_out','layer1','layer2')")
 bench() {  # name, timeout, args...
   local name=$1 limit=$2; shift 2
@@ -40,15 +42,14 @@ for s in $STAGES; do
       timeout 120 python3 scripts/bench_transfer.py --out "$OUT" > "$LOGS/pcie.txt" 2>&1
       echo "pcie rc=$?" | tee -a "$LOGS/offload.log"; grep "gb_s" "$LOGS/pcie.txt" | tee -a "$LOGS/offload.log" ;;
     fit)
-      bench fit_full 150 --compile_only "$OFF" --config.remat=full
-      bench fit_full_opt 150 --compile_only "$OFF_OPT" --config.remat=full
-      bench fit_attn 150 --compile_only "$OFF" --config.remat=attention_outside ;;
+      bench fit_overlap 150 --compile_only --config.remat=full "$OFF" $OVL
+      bench fit_overlap_opt 150 --compile_only --config.remat=full "$OFF_OPT" $OVL ;;
     slice)
-      bench slice_offload 150 --blocks 6 --steps 5 --config.remat=attention_outside "$OFF"
-      bench slice_offload_opt 150 --blocks 6 --steps 5 --config.remat=attention_outside "$OFF_OPT"
+      bench slice_overlap 150 --blocks 6 --steps 5 --config.remat=full "$OFF" $OVL
+      bench slice_plain_full 150 --blocks 6 --steps 5 --config.remat=full
       bench slice_plain 150 --blocks 6 --steps 5 --config.remat=attention_outside ;;
     full)
-      bench full_offload 290 --steps 3 --config.remat=full "$OFF" ;;
+      bench full_overlap 290 --steps 3 --config.remat=full "$OFF" $OVL ;;
     lora)
       bench lora_attn 240 --steps 3 --config.remat=attention_outside "${LORA[@]}" ;;
     train)

@@ -75,8 +75,13 @@ def test_one_gpu_full_fine_tune_config():
 
     c = waymo_1gpu.get_config("v2w")
     assert c.offload == ("opt_state", "ema") and not c.checkpoint.async_save and c.lora.rank == 0
+    assert c.offload_overlap and c.remat == "full"
     assert c.conditioning.condition_location == "first_cam_and_random_n"
     config_check.check(c, 1)
+    c.grad_accum = 2
+    with pytest.raises(config_check.ConfigError, match="config.offload_overlap=True needs grad_accum=1"):
+        config_check.check(c, 1)
+    c.grad_accum = 1
     c.model.scan_blocks = False
     with pytest.raises(config_check.ConfigError, match="config.offload needs model.scan_blocks=True"):
         config_check.check(c, 1)

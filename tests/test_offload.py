@@ -170,7 +170,8 @@ def test_export_of_an_offloaded_state_is_the_same_file(tmp_path):
 
 
 def test_train_with_offload(tmp_path, monkeypatch):
-    """The CLI's path: offloaded state, validation and samples from the host-resident EMA, save, export, resume."""
+    """The CLI's path: offloaded state with the overlapped update, validation and samples from the host-resident
+    EMA, save, export, resume."""
     from cosmos_jax import train
     from tests.data import fixtures as fx
     from tests.test_rerun import config
@@ -179,6 +180,7 @@ def test_train_with_offload(tmp_path, monkeypatch):
     fx.build(str(tmp_path / "ds" / "heldout"), clips=(10,))
     c = config(data)
     c.offload = BOTH
+    c.offload_overlap = True  # the update in the next step's forward pass: flushed before save / export / validation
     monkeypatch.setenv("OUTPUT_ROOT", str(tmp_path / "out"))
     first = train.train(c, progress=False, devices=jax.devices()[:1])
     jdir = first["job_dir"]
@@ -186,7 +188,7 @@ def test_train_with_offload(tmp_path, monkeypatch):
     assert sorted(n for n in os.listdir(os.path.join(jdir, "checkpoints")) if n.endswith(".pt")) == [
         "iter_000000002_ema_model.pt", "iter_000000002_reg_model.pt"]
     c.max_iter = 3
-    c.offload = ()  # placement is not structure: the rerun resumes on the device
+    c.offload, c.offload_overlap = (), False  # placement is not structure: the rerun resumes on the device
     c.data.val_dataset_dir = str(tmp_path / "none")  # validation of the rerun off: one compile fewer
     second = train.train(c, progress=False, devices=jax.devices()[:1])
     assert second["final"]["step"] == 3 and np.isfinite(second["final"]["loss"])

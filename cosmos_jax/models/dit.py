@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cosmos_jax import sharding
+from cosmos_jax import offload_overlap, sharding
 from cosmos_jax.models import embeddings as emb
 from cosmos_jax.models.blocks import FinalLayer, TransformerBlock
 from cosmos_jax.models.layers import Buffer, Dense, RMSNorm, normal, param, xavier_uniform, zeros
@@ -192,6 +192,8 @@ class DiT(nnx.Module):
 
     def run_blocks(self, x_BLD, emb_BD, adaln_lora_B3D, extra_1LD, rope, text_BVSE):
         """All blocks over the stacked parameters: `lax.scan` (scan_blocks) or a Python loop; same tree."""
+        if (update := offload_overlap.active()) is not None:  # the train step with config.offload_overlap
+            return self._run_blocks_streamed(update, x_BLD, (emb_BD, adaln_lora_B3D, extra_1LD, rope, text_BVSE))
         graphdef, state = nnx.split(self.blocks)
 
         def body(x, block_state):
@@ -207,6 +209,18 @@ class DiT(nnx.Module):
             for i in range(self.cfg.num_blocks):
                 x_BLD, _ = body(x_BLD, jax.tree.map(lambda a, i=i: a[i], state))
         return x_BLD
+
+
+    def _run_blocks_streamed(self, update, x_BLD, ctx):
+        """run_blocks with each block's pending optimizer update applied just before it runs (offload_overlap)."""
+        graphdef, params, frozen = nnx.split(self.blocks, nnx.Param, ...)
+
+        def apply_block(p, f, x, c):
+            emb_BD, adaln_lora_B3D, extra_1LD, rope, text_BVSE = c
+            block = nnx.merge(graphdef, p, f)
+            return _split_tokens(block(x, emb_BD, adaln_lora_B3D, extra_1LD, rope, text_BVSE))
+        return offload_overlap.run(apply_block, nnx.to_pure_dict(params), nnx.to_pure_dict(frozen), x_BLD, ctx,
+                                   update)
 
 
 def _split_tokens(x_BL___: jax.Array) -> jax.Array:

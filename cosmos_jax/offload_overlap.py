@@ -1,0 +1,240 @@
+"""`config.offload_overlap`: each step's update applied inside the next step's forward pass, block by block, so that
+the host <-> device copies of the offloaded moments and EMA run while the blocks compute.
+
+With `config.offload` alone the update follows the backward pass: the clip needs the global norm of every gradient,
+so nothing is left to compute while 28 blocks of moments and EMA cross the PCIe bus (6-block slice, H100: +97 %
+step time, scripts/gpu_offload.sh). Here step n ends with its clipped gradients kept on the device (`pending`);
+step n + 1's forward pass runs the blocks in a loop that, for block i, brings block i + 1's moments and EMA to the
+device, applies step n's AdamW + EMA to block i (the same `offload.piece` as the plain offloaded update), writes
+them back to host memory in place, and then runs block i with its new weights. The backward pass (a
+`jax.custom_vjp`) recomputes each block from its saved input (remat `full`) and returns the gradients with respect
+to the new weights. The tensors outside the blocks take their pending update before the forward pass.
+
+The math is the plain step's: every forward pass sees the weights after all earlier updates; only the time at
+which an update is applied moves. What reads the state between steps (save, export, validation, the end of
+training) calls `flush` first, which applies a pending update the plain way; the next step then has none (`valid`
+False: the loop computes the update and keeps the old values). The pending gradients (fp32, the params' size) stay
+on the device between steps; the backward pass writes the new ones into the same buffer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from cosmos_jax import offload, sharding
+
+_ACTIVE: contextvars.ContextVar = contextvars.ContextVar("offload_overlap", default=None)
+
+
+def check(enabled: bool, parts, grad_accum: int, lora: bool) -> bool:
+    if not enabled:
+        return False
+    if not parts:
+        raise ValueError("config.offload_overlap=True needs config.offload (the parts in host memory to stream)")
+    if grad_accum != 1:
+        raise ValueError(f"config.offload_overlap=True needs grad_accum=1 (got {grad_accum}): the pending update "
+                         "is applied in the forward pass of the step's one micro-batch")
+    if lora:
+        raise ValueError("config.offload_overlap=True is for full fine-tuning (config.lora.rank=0): a LoRA job's "
+                         "optimizer state is small enough to stay on the device")
+    return True
+
+
+# ---- the state's pending update ---------------------------------------------------------------------------------
+
+def shardings(state_shardings: dict) -> dict:
+    """The step's state shardings with `pending` (clipped gradients like the params, the EMA beta, valid)."""
+    scalar = state_shardings["step"]
+    return {**state_shardings, "pending": {"grads": state_shardings["params"], "beta": scalar, "valid": scalar}}
+
+
+def with_pending(state: dict, state_shardings: dict) -> dict:
+    """`state` (as saved: no pending update) with an empty pending update (valid False)."""
+    sh = shardings(state_shardings)["pending"]
+
+    def empty(params):
+        return {"grads": jax.tree.map(jnp.zeros_like, params), "beta": jnp.zeros((), jnp.float32),
+                "valid": jnp.zeros((), jnp.bool_)}
+    return {**state, "pending": jax.jit(empty, out_shardings=sh)(state["params"])}
+
+
+def saved(state: dict) -> dict:
+    """What is saved or read between steps: the state without `pending` (call `flush` first)."""
+    return {k: v for k, v in state.items() if k != "pending"}
+
+
+def make_flush(state_shardings: dict, *, adamw, parts):
+    """`flush(state) -> state`: the pending update applied (`offload.update`, no second clip), valid False.
+    A no-op, without a computation, when nothing is pending."""
+    sh = shardings(state_shardings)
+
+    def apply(state):
+        pend = state["pending"]
+        params, opt_state, ema = offload.update(pend["grads"], state["params"], state["opt_state"], state["ema"],
+                                                clip=optax.identity(), adamw=adamw, ema_beta=pend["beta"],
+                                                parts=parts)
+        return {**state, "params": params, "opt_state": opt_state, "ema": ema,
+                "pending": {**pend, "valid": jnp.zeros((), jnp.bool_)}}
+    jitted = jax.jit(apply, in_shardings=(sh,), out_shardings=sh, donate_argnums=(0,))
+
+    def flush(state):
+        return jitted(state) if bool(jax.device_get(state["pending"]["valid"])) else state
+    return flush
+
+
+# ---- inside the step --------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(eq=False)
+class BlockUpdate:
+    """What the forward pass needs to apply the pending update to the stacked blocks, and where the new values go.
+    `grads`, `moments` (the optimizer's param-shaped parts: Adam's mu, nu), `ema`: trees of the blocks' stacked
+    tensors; `skeleton`: the optimizer state without them (the old step count)."""
+    grads: dict
+    moments: list
+    ema: dict
+    skeleton: object
+    beta: jax.Array | None
+    valid: jax.Array
+    adamw: optax.GradientTransformation
+    host_opt: bool
+    host_ema: bool
+    out: dict = dataclasses.field(default_factory=dict)  # params, moments, ema after the update (set by `run`)
+
+
+def begin(state: dict, *, adamw, parts, ema_enabled: bool):
+    """At the start of a step: (params for the forward pass, the step's BlockUpdate, what `finish` needs). The
+    tensors outside the blocks take the pending update now; the blocks keep their old values, updated in the
+    forward pass (`run`)."""
+    pend, params, ema = state["pending"], state["params"], state["ema"]
+    treedef = jax.tree.structure(params)
+    clip_state, adam_state = state["opt_state"]
+    host_opt, host_ema = "opt_state" in parts, "ema" in parts
+    beta = pend["beta"] if ema_enabled else None
+    keep = jnp.logical_not(pend["valid"])
+    rest_def = jax.tree.structure(offload._rest(params))
+    skel_rest, m_rest = offload._partition(offload._map_param_shaped(adam_state, treedef, offload._rest), rest_def)
+    p_rest, new_skeleton, m_rest, e_rest = offload.piece(
+        offload._rest(pend["grads"]), offload._rest(params), skel_rest, m_rest, offload._rest(ema), adamw=adamw,
+        ema_beta=beta, host_opt=host_opt, host_ema=host_ema, keep=keep)
+    blocks_def = jax.tree.structure(offload._blocks(params))
+    skel_blk, m_blk = offload._partition(offload._map_param_shaped(adam_state, treedef, offload._blocks), blocks_def)
+    update = BlockUpdate(grads=_inner(pend["grads"]), moments=[_inner(m) for m in m_blk], ema=_inner(ema),
+                         skeleton=skel_blk, beta=beta, valid=pend["valid"], adamw=adamw, host_opt=host_opt,
+                         host_ema=host_ema)
+    return offload._merge(offload._blocks(params), p_rest), update, (clip_state, new_skeleton, m_rest, e_rest)
+
+
+def finish(grads, params_fwd, out: dict, rest, *, clip, beta) -> tuple[dict, tuple, dict, dict]:
+    """At the end of a step: (params, opt_state, ema) after the pending update (the blocks' from the forward pass,
+    `out`), and the new pending update: the clipped gradients and this step's EMA beta."""
+    clip_state, skeleton, m_rest, e_rest = rest
+    params = offload._merge(_outer(out["params"]), offload._rest(params_fwd))
+    moments = [offload._merge(_outer(b), r) for b, r in zip(out["moments"], m_rest, strict=True)]
+    ema = offload._merge(_outer(out["ema"]), e_rest)
+    clipped, _ = clip.update(grads, clip.init(params))
+    pending = {"grads": clipped, "beta": jnp.zeros((), jnp.float32) if beta is None else beta.astype(jnp.float32),
+               "valid": jnp.ones((), jnp.bool_)}
+    return params, (clip_state, offload._combine(skeleton, moments)), ema, pending
+
+
+def _inner(tree):
+    return tree[offload.BLOCKS[0]][offload.BLOCKS[1]]
+
+
+def _outer(tree):
+    return {offload.BLOCKS[0]: {offload.BLOCKS[1]: tree}}
+
+
+@contextlib.contextmanager
+def streaming(update: BlockUpdate):
+    """Within: DiT.run_blocks runs its blocks through `run` (the model's forward as traced by the train step)."""
+    token = _ACTIVE.set(update)
+    try:
+        yield update
+    finally:
+        _ACTIVE.reset(token)
+
+
+def active() -> BlockUpdate | None:
+    return _ACTIVE.get()
+
+
+def run(apply_block: Callable, params_blk: dict, frozen_blk: dict, x_BLD: jax.Array, ctx: tuple,
+        update: BlockUpdate) -> jax.Array:
+    """The blocks' output for input `x_BLD`. `apply_block(p, frozen, x, ctx) -> x` runs one block with its
+    trainable tensors `p` and the rest `frozen` (slices of the stacked trees); `ctx` holds the inputs every block
+    reads (differentiable). Sets update.out to the blocks' params, moments and EMA after the pending update."""
+    p_new, m_new, e_new, x_BLD = _stream(_Static(apply_block, update), params_blk, frozen_blk, x_BLD, ctx,
+                                         (update.grads, update.moments, update.ema, update.beta, update.valid,
+                                          update.skeleton))
+    update.out.update(params=p_new, moments=m_new, ema=e_new)
+    return x_BLD
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Static:
+    apply_block: Callable
+    update: BlockUpdate
+
+
+def _forward(static: _Static, p_all, frozen, x, ctx, pend):
+    grads, moments, ema, beta, valid, skeleton = pend
+    u = static.update
+    n = jax.tree.leaves(p_all)[0].shape[0]
+    hosted_m, hosted_e = u.host_opt, u.host_ema and ema is not None
+
+    def fetch(m_all, e_all, i):
+        m = [offload._take(a, i) for a in m_all]
+        e = offload._take(e_all, i)
+        return ([offload.on_device(a) for a in m] if hosted_m else m), (offload.on_device(e) if hosted_e else e)
+
+    x_saved = sharding.constrain(jnp.zeros((n, *x.shape), x.dtype), None, "act_batch", "act_length", None)
+
+    def body(i, carry):
+        x, p_all, m_all, e_all, x_saved, m_i, e_i = carry
+        m_next, e_next = fetch(m_all, e_all, jnp.minimum(i + 1, n - 1))
+        p, _, m, e = offload.piece(offload._take(grads, i), offload._take(p_all, i), skeleton, m_i, e_i,
+                                   adamw=u.adamw, ema_beta=beta, host_opt=hosted_m, host_ema=hosted_e,
+                                   keep=jnp.logical_not(valid))
+        p_all, e_all = offload._put(p_all, p, i), offload._put(e_all, e, i)
+        m_all = [offload._put(a, b, i) for a, b in zip(m_all, m, strict=True)]
+        x_saved = jax.lax.dynamic_update_index_in_dim(x_saved, x, i, 0)
+        x = static.apply_block(p, offload._take(frozen, i), x, ctx)
+        return x, p_all, m_all, e_all, x_saved, m_next, e_next
+
+    x, p_all, moments, ema, x_saved, _, _ = jax.lax.fori_loop(
+        0, n, body, (x, p_all, moments, ema, x_saved, *fetch(moments, ema, 0)))
+    return (p_all, moments, ema, x), (p_all, frozen, x_saved, ctx)
+
+
+def _backward(static: _Static, res, cts):
+    p_all, frozen, x_saved, ctx = res
+    ct_x = cts[-1]
+    n = jax.tree.leaves(p_all)[0].shape[0]
+
+    def body(j, carry):
+        ct_x, g_all, ct_ctx = carry
+        i = n - 1 - j
+        _, vjp = jax.vjp(lambda p, x, c: static.apply_block(p, offload._take(frozen, i), x, c),
+                         offload._take(p_all, i), offload._take(x_saved, i), ctx)
+        g, ct_x, d_ctx = vjp(ct_x)
+        return ct_x, offload._put(g_all, g, i), jax.tree.map(jnp.add, ct_ctx, d_ctx)
+
+    zeros = jax.tree.map(jnp.zeros_like, (p_all, ctx))
+    ct_x, g_all, ct_ctx = jax.lax.fori_loop(0, n, body, (ct_x, *zeros))
+    return g_all, None, ct_x, ct_ctx, None
+
+
+def _primal(static, p_all, frozen, x, ctx, pend):
+    return _forward(static, p_all, frozen, x, ctx, pend)[0]
+
+
+_stream = jax.custom_vjp(_primal, nondiff_argnums=(0,))
+_stream.defvjp(_forward, _backward)
