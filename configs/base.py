@@ -49,7 +49,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.offload = ()
     # True: each step's update of the offloaded parts runs inside the next step's forward pass, block by block, so
     # that the host copies overlap the blocks' compute (cosmos_jax/offload_overlap.py; grad_accum 1, full fine-tune;
-    # the blocks are rematerialised in full).
+    # the blocks are rematerialised in full, or with remat attention_outside around the kept attention).
     c.offload_overlap = False
     c.tokenizer = ml_collections.ConfigDict(dict(
         name="cosmos", checkpoint_dir="checkpoints/Cosmos-Tokenize1-CV8x8x8-720p", pixel_chunk_duration=57,

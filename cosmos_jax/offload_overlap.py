@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import jax
@@ -167,13 +168,16 @@ def active() -> BlockUpdate | None:
 
 
 def run(apply_block: Callable, params_blk: dict, frozen_blk: dict, x_BLD: jax.Array, ctx: tuple,
-        update: BlockUpdate) -> jax.Array:
+        update: BlockUpdate, keep_residuals: bool = False) -> jax.Array:
     """The blocks' output for input `x_BLD`. `apply_block(p, frozen, x, ctx) -> x` runs one block with its
     trainable tensors `p` and the rest `frozen` (slices of the stacked trees); `ctx` holds the inputs every block
-    reads (differentiable). Sets update.out to the blocks' params, moments and EMA after the pending update."""
-    p_new, m_new, e_new, x_BLD = _stream(_Static(apply_block, update), params_blk, frozen_blk, x_BLD, ctx,
-                                         (update.grads, update.moments, update.ema, update.beta, update.valid,
-                                          update.skeleton))
+    reads (differentiable). Sets update.out to the blocks' params, moments and EMA after the pending update.
+    The backward pass recomputes each block from its input, or with `keep_residuals` uses what the forward pass
+    kept of each block: the residuals of `jax.vjp(apply_block)` (with remat `attention_outside`: the attention's
+    inputs, output and statistics; the rest is recomputed)."""
+    p_new, m_new, e_new, x_BLD = _stream(_Static(apply_block, update, keep_residuals), params_blk, frozen_blk, x_BLD,
+                                         ctx, (update.grads, update.moments, update.ema, update.beta, update.valid,
+                                               update.skeleton))
     update.out.update(params=p_new, moments=m_new, ema=e_new)
     return x_BLD
 
@@ -182,6 +186,12 @@ def run(apply_block: Callable, params_blk: dict, frozen_blk: dict, x_BLD: jax.Ar
 class _Static:
     apply_block: Callable
     update: BlockUpdate
+    keep_residuals: bool
+    residual_tree: list = dataclasses.field(default_factory=list)  # the treedef of one block's vjp (traced once)
+
+
+def _block_vjp(static: _Static, p, f, x, ctx):
+    return jax.vjp(lambda p, x, c: static.apply_block(p, f, x, c), p, x, ctx)
 
 
 def _forward(static: _Static, p_all, frozen, x, ctx, pend):
@@ -195,35 +205,50 @@ def _forward(static: _Static, p_all, frozen, x, ctx, pend):
         e = offload._take(e_all, i)
         return ([offload.on_device(a) for a in m] if hosted_m else m), (offload.on_device(e) if hosted_e else e)
 
-    x_saved = sharding.constrain(jnp.zeros((n, *x.shape), x.dtype), None, "act_batch", "act_length", None)
+    # What the backward pass reads of block i, stacked over the blocks: its input, or its vjp's residuals.
+    if static.keep_residuals:
+        _, vjp = jax.eval_shape(functools.partial(_block_vjp, static), offload._take(p_all, 0),
+                                offload._take(frozen, 0), x, ctx)
+        leaves, treedef = jax.tree.flatten(vjp)
+        static.residual_tree[:] = [treedef]
+        saved = [jnp.zeros((n, *a.shape), a.dtype) for a in leaves]
+    else:
+        saved = [sharding.constrain(jnp.zeros((n, *x.shape), x.dtype), None, "act_batch", "act_length", None)]
 
     def body(i, carry):
-        x, p_all, m_all, e_all, x_saved, m_i, e_i = carry
+        x, p_all, m_all, e_all, saved, m_i, e_i = carry
         m_next, e_next = fetch(m_all, e_all, jnp.minimum(i + 1, n - 1))
         p, _, m, e = offload.piece(offload._take(grads, i), offload._take(p_all, i), skeleton, m_i, e_i,
                                    adamw=u.adamw, ema_beta=beta, host_opt=hosted_m, host_ema=hosted_e,
                                    keep=jnp.logical_not(valid))
         p_all, e_all = offload._put(p_all, p, i), offload._put(e_all, e, i)
         m_all = [offload._put(a, b, i) for a, b in zip(m_all, m, strict=True)]
-        x_saved = jax.lax.dynamic_update_index_in_dim(x_saved, x, i, 0)
-        x = static.apply_block(p, offload._take(frozen, i), x, ctx)
-        return x, p_all, m_all, e_all, x_saved, m_next, e_next
+        if static.keep_residuals:
+            x, vjp = _block_vjp(static, p, offload._take(frozen, i), x, ctx)
+            saved = [offload._put(a, b, i) for a, b in zip(saved, jax.tree.leaves(vjp), strict=True)]
+        else:
+            saved = [offload._put(saved[0], x, i)]
+            x = static.apply_block(p, offload._take(frozen, i), x, ctx)
+        return x, p_all, m_all, e_all, saved, m_next, e_next
 
-    x, p_all, moments, ema, x_saved, _, _ = jax.lax.fori_loop(
-        0, n, body, (x, p_all, moments, ema, x_saved, *fetch(moments, ema, 0)))
-    return (p_all, moments, ema, x), (p_all, frozen, x_saved, ctx)
+    x, p_all, moments, ema, saved, _, _ = jax.lax.fori_loop(
+        0, n, body, (x, p_all, moments, ema, saved, *fetch(moments, ema, 0)))
+    return (p_all, moments, ema, x), (p_all, frozen, saved, ctx)
 
 
 def _backward(static: _Static, res, cts):
-    p_all, frozen, x_saved, ctx = res
+    p_all, frozen, saved, ctx = res
     ct_x = cts[-1]
     n = jax.tree.leaves(p_all)[0].shape[0]
 
     def body(j, carry):
         ct_x, g_all, ct_ctx = carry
         i = n - 1 - j
-        _, vjp = jax.vjp(lambda p, x, c: static.apply_block(p, offload._take(frozen, i), x, c),
-                         offload._take(p_all, i), offload._take(x_saved, i), ctx)
+        if static.keep_residuals:
+            vjp = jax.tree.unflatten(static.residual_tree[0], [offload._take(a, i) for a in saved])
+        else:
+            _, vjp = _block_vjp(static, offload._take(p_all, i), offload._take(frozen, i),
+                                offload._take(saved[0], i), ctx)
         g, ct_x, d_ctx = vjp(ct_x)
         return ct_x, offload._put(g_all, g, i), jax.tree.map(jnp.add, ct_ctx, d_ctx)
 

@@ -4,16 +4,17 @@
 # Stages (default: all, in this order):
 #   pcie   host <-> device copy rates of pinned host memory (scripts/bench_transfer.py)
 #   fit    compile-only memory analysis of the 28-block step with offload_overlap (moments + EMA; moments only)
-#   slice  the 6-block slice: moments + EMA offloaded with offload_overlap, and without offload, both remat full
-#          (the overlapped update rematerialises the blocks in full); without offload with attention_outside
+#   slice  the 6-block slice, remat full and attention_outside, each with moments + EMA offloaded (offload_overlap)
+#          and without offload: the cost of streaming
 #   full   the 28-block 7B, moments + EMA offloaded with offload_overlap, remat full: step time, MFU, device and host
-#          peaks
+#          peaks;  fullattn  the same with remat attention_outside (the attention's residuals kept: ~2 GB a block)
 #   lora   LoRA r16 of the 7B with remat attention_outside (no offload)
 #   train  python -m cosmos_jax.train --config=configs/waymo_1gpu.py (the user's command) on synthetic clips at the
 #          seed shape, stopped with Ctrl-C (SIGINT) once step 2 is logged: a 7B full checkpoint (~108 GB) does not
 #          fit the lent machine's 64 GB disk
 # The bench JSONs land in OUTDIR, the logs in OUTDIR/offload_logs.tgz (packed again after each stage, so a call cut
-# short still brings back what ran): at most 7 files, within the 8 that the device tool brings back from $OUT.
+# short still brings back what ran): one JSON per bench, so at most 7 benches in one call (the device tool
+# brings back 8 files from $OUT).
 set -u
 OUT=${1:-bench/results}
 STAGES=${2:-"pcie fit slice full lora"}
@@ -46,10 +47,13 @@ for s in $STAGES; do
       bench fit_overlap_opt 150 --compile_only --config.remat=full "$OFF_OPT" $OVL ;;
     slice)
       bench slice_overlap 150 --blocks 6 --steps 5 --config.remat=full "$OFF" $OVL
+      bench slice_overlap_attn 150 --blocks 6 --steps 5 --config.remat=attention_outside "$OFF" $OVL
       bench slice_plain_full 150 --blocks 6 --steps 5 --config.remat=full
       bench slice_plain 150 --blocks 6 --steps 5 --config.remat=attention_outside ;;
     full)
       bench full_overlap 290 --steps 3 --config.remat=full "$OFF" $OVL ;;
+    fullattn)
+      bench full_overlap_attn 290 --steps 3 --config.remat=attention_outside "$OFF" $OVL ;;
     lora)
       bench lora_attn 240 --steps 3 --config.remat=attention_outside "${LORA[@]}" ;;
     train)

@@ -215,12 +215,15 @@ class DiT(nnx.Module):
         """run_blocks with each block's pending optimizer update applied just before it runs (offload_overlap)."""
         graphdef, params, frozen = nnx.split(self.blocks, nnx.Param, ...)
 
+        keep = self.cfg.remat == "attention_outside"  # the backward pass reuses the attention's residuals
+
         def apply_block(p, f, x, c):
             emb_BD, adaln_lora_B3D, extra_1LD, rope, text_BVSE = c
             block = nnx.merge(graphdef, p, f)
-            return _split_tokens(block(x, emb_BD, adaln_lora_B3D, extra_1LD, rope, text_BVSE))
+            return _split_tokens(block(x, emb_BD, adaln_lora_B3D, extra_1LD, rope, text_BVSE,
+                                       remat_around_attention=keep))
         return offload_overlap.run(apply_block, nnx.to_pure_dict(params), nnx.to_pure_dict(frozen), x_BLD, ctx,
-                                   update)
+                                   update, keep_residuals=keep)
 
 
 def _split_tokens(x_BL___: jax.Array) -> jax.Array:
