@@ -6,6 +6,9 @@ PY := $(VENV)/bin/python
 #   make test TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cpu"
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
+# pytest-xdist workers: the suite is mostly XLA compiles, one core each (2-core machine, 2026-12-07: tests/test_offload.py
+# 175 s with 2 workers, 240 s with one; the whole suite 1074 s with 2)
+PYTEST_WORKERS ?= 2
 
 .PHONY: test demo install clean-venv
 
@@ -19,7 +22,7 @@ install: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 demo: $(VENV)/.installed
 	$(PY) scripts/demo.py

@@ -7,14 +7,16 @@ step time, scripts/gpu_offload.sh). Here step n ends with its clipped gradients 
 step n + 1's forward pass runs the blocks in a loop that, for block i, brings block i + 1's moments and EMA to the
 device, applies step n's AdamW + EMA to block i (the same `offload.piece` as the plain offloaded update), writes
 them back to host memory in place, and then runs block i with its new weights. The backward pass (a
-`jax.custom_vjp`) recomputes each block from its saved input (remat `full`) and returns the gradients with respect
-to the new weights. The tensors outside the blocks take their pending update before the forward pass.
+`jax.custom_vjp`) recomputes each block from its saved input (remat `full`), or reuses the residuals the forward
+pass kept of each block (remat `attention_outside`: the attention's inputs, output and statistics), and returns the
+gradients with respect to the new weights. The tensors outside the blocks take their pending update before the
+forward pass.
 
 The math is the plain step's: every forward pass sees the weights after all earlier updates; only the time at
 which an update is applied moves. What reads the state between steps (save, export, validation, the end of
 training) calls `flush` first, which applies a pending update the plain way; the next step then has none (`valid`
 False: the loop computes the update and keeps the old values). The pending gradients (fp32, the params' size) stay
-on the device between steps; the backward pass writes the new ones into the same buffer.
+on the device between steps. Tested against the plain step in tests/test_offload_overlap.py.
 """
 
 from __future__ import annotations
