@@ -93,8 +93,9 @@ def update(grads, params, opt_state, ema, *, clip, adamw, ema_beta, parts):
     # The blocks: a loop over the stacked leading axis whose carry holds the whole stacked params, moments and EMA,
     # each block's new values written back into them in place (a scan's stacked outputs were a second host copy of
     # the moments and EMA: 80 GiB of host temporaries at 28 blocks, measured). Block i + 1's moments and EMA are
-    # fetched before block i's update, so their copy to the device can overlap block i's work. Every block sees
-    # the same (old) step count.
+    # fetched in iteration i, from the buffers as block i was written into them: read before that write, the read
+    # and the in-place write of one buffer have no set order, and XLA copies the whole buffer in every iteration
+    # (tests/test_offload.py reads the compiled HLO). Every block sees the same (old) step count.
     blocks_def = jax.tree.structure(_blocks(params))
     skel_blk, moments_blk = _partition(_map_param_shaped(adam_state, treedef, _blocks), blocks_def)
     g_blk = _blocks(grads)
@@ -106,11 +107,13 @@ def update(grads, params, opt_state, ema, *, clip, adamw, ema_beta, parts):
 
     def body(i, carry):
         p_all, m_all, e_all, m_i, e_i = carry
-        m_next, e_next = fetch(m_all, e_all, jnp.minimum(i + 1, n - 1))
-        p, _, m, e = one(_take(g_blk, i), _take(p_all, i), skel_blk, m_i, e_i)
-        p_all, e_all = _put(p_all, p, i), _put(e_all, e, i)
+        p, _, m, _ = piece(_take(g_blk, i), _take(p_all, i), skel_blk, m_i, None, adamw=adamw, ema_beta=None,
+                           host_opt=host_opt, host_ema=host_ema)
+        p_all = _put(p_all, p, i)
         m_all = [_put(a, b, i) for a, b in zip(m_all, m, strict=True)]
-        return p_all, m_all, e_all, m_next, e_next
+        if ema_beta is not None:  # from the block as written (ema_piece says why)
+            e_all = _put(e_all, ema_piece(e_i, _take(p_all, i), ema_beta, host_ema=host_ema), i)
+        return p_all, m_all, e_all, *fetch(m_all, e_all, jnp.minimum(i + 1, n - 1))
 
     ema_blk = _blocks(ema)
     p_blk, moments_blk, e_blk, _, _ = jax.lax.fori_loop(
@@ -136,6 +139,18 @@ def piece(g, p, skeleton, moments, e, *, adamw, ema_beta, host_opt: bool, host_e
     skeleton, moments = _partition(new_state, jax.tree.structure(p))
     return new_p, skeleton, (on_host(moments) if host_opt else moments), (
         on_host(new_e) if host_ema and new_e is not None else new_e)
+
+
+def ema_piece(e, p, beta, *, host_ema: bool, keep=None):
+    """The EMA of one piece moved toward its updated params `p`, back where it came from; `keep` as in `piece`.
+    The block loops call it with `p` read back from the stacked params after the block was written into them: a
+    second reader of the old block (the update recomputed inside the EMA's fusion) makes XLA copy the whole
+    stacked buffer in every iteration (tests/test_offload.py reads the compiled HLO)."""
+    e_dev = on_device(e) if host_ema else e
+    new = _ema(e_dev, p, beta)
+    if keep is not None:
+        new = jax.tree.map(lambda n, o: jnp.where(keep, o, n), new, e_dev)
+    return on_host(new) if host_ema else new
 
 
 def _take(tree, i):

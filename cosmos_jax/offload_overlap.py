@@ -219,12 +219,17 @@ def _forward(static: _Static, p_all, frozen, x, ctx, pend):
 
     def body(i, carry):
         x, p_all, m_all, e_all, saved, m_i, e_i = carry
-        m_next, e_next = fetch(m_all, e_all, jnp.minimum(i + 1, n - 1))
-        p, _, m, e = offload.piece(offload._take(grads, i), offload._take(p_all, i), skeleton, m_i, e_i,
-                                   adamw=u.adamw, ema_beta=beta, host_opt=hosted_m, host_ema=hosted_e,
-                                   keep=jnp.logical_not(valid))
-        p_all, e_all = offload._put(p_all, p, i), offload._put(e_all, e, i)
+        keep = jnp.logical_not(valid)
+        p, _, m, _ = offload.piece(offload._take(grads, i), offload._take(p_all, i), skeleton, m_i, None,
+                                   adamw=u.adamw, ema_beta=None, host_opt=hosted_m, host_ema=hosted_e, keep=keep)
+        p_all = offload._put(p_all, p, i)
         m_all = [offload._put(a, b, i) for a, b in zip(m_all, m, strict=True)]
+        p = offload._take(p_all, i)  # the block as written: its only reader after the write (offload.ema_piece)
+        if beta is not None:
+            e_all = offload._put(e_all, offload.ema_piece(e_i, p, beta, host_ema=hosted_e, keep=keep), i)
+        # block i + 1's moments and EMA, read from the buffers as just written (offload.update says why), while
+        # block i computes
+        m_next, e_next = fetch(m_all, e_all, jnp.minimum(i + 1, n - 1))
         if static.keep_residuals:
             x, vjp = _block_vjp(static, p, offload._take(frozen, i), x, ctx)
             saved = [offload._put(a, b, i) for a, b in zip(saved, jax.tree.leaves(vjp), strict=True)]

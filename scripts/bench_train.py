@@ -114,6 +114,10 @@ def main(argv):
         compiled = step.lower(state, data, jax.random.key(0)).compile()
         compile_s = time.perf_counter() - t0
         memory = compiled_memory_gib(compiled)
+        if f.dump_hlo:  # the optimized HLO, e.g. to see which host-memory copies XLA inserted
+            import gzip
+            with gzip.open(f.dump_hlo, "wt") as fh:
+                fh.write(compiled.as_text())
         print(json.dumps({"blocks": cfg.num_blocks, "compile_s": round(compile_s, 1), **memory}), flush=True)
         if f.compile_only:
             return
@@ -123,6 +127,7 @@ def main(argv):
             state, m = compiled(state, data, jax.random.key(i))
             jax.block_until_ready(m["loss"])
             times.append(time.perf_counter() - t)
+            print(f"step {i}: {times[-1]:.3f} s, loss {float(m['loss']):.6f}", flush=True)  # a run cut short shows
     step_time = statistics.median(times[1:])
     mesh_sizes = {k: int(v) for k, v in mesh.shape.items()}
     suffix = "" if ndev == 1 else "_" + "-".join(f"{k}{v}" for k, v in mesh_sizes.items() if v > 1)
@@ -161,4 +166,5 @@ if __name__ == "__main__":
     flags.DEFINE_string("name", "", "result name")
     flags.DEFINE_bool("compile_only", False, "print the compiled step's memory analysis and stop (no state made)")
     flags.DEFINE_string("out", "bench/results", "output folder")
+    flags.DEFINE_string("dump_hlo", "", "write the compiled step's optimized HLO here (gzip text)")
     app.run(main)

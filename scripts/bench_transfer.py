@@ -4,12 +4,19 @@
 
 Times, on the first device, with an fp32 array of --gib GiB: host->device and device->host copies inside jit
 (`jax.device_put` to a memory space, as cosmos_jax/offload.py does), both directions at once (two arrays), and the
-same in 8 chunks of a scanned loop (the per-block shape of the offloaded update). GB/s = bytes moved / median time.
+same in 8 chunks of a loop (the per-block shape of the offloaded update). GB/s = bytes moved / median time.
+
+Then the loop of cosmos_jax/offload_overlap.py piece by piece, to find what makes it slow where it is: 8 blocks of
+three host buffers (Adam's mu, nu and the EMA, --gib each), each block brought to the device, updated with a
+device-resident gradient, written back in place; without and with the next block fetched one iteration ahead, with
+a chain of matmuls per block (the blocks' compute, also timed alone), and the same inside a `jax.custom_vjp` under
+`jax.value_and_grad` (as the train step runs it).
 """
 
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import statistics
 import sys
@@ -26,6 +33,7 @@ flags.DEFINE_float("gib", 2.0, "size of each array, GiB")
 flags.DEFINE_integer("reps", 5, "timed repetitions (median)")
 flags.DEFINE_string("out", "bench/results", "directory for the JSON")
 F = flags.FLAGS
+COMPUTE_REPS = 8 if os.environ.get("JAX_PLATFORMS") != "cpu" else 1
 
 
 def timed(fn, *args, reps):
@@ -73,15 +81,102 @@ def main(argv):
         jax.block_until_ready(buf := chunked(buf))
         times.append(time.perf_counter() - t)
     t_chunk = statistics.median(times)
+    loops = loop_patterns(dev, n, F.reps)
     result = {
         "name": "host_device_transfer", "date": datetime.date.today().isoformat(), "card": dev.device_kind,
         "jax": jax.__version__, "gib": F.gib,
         "h2d_gb_s": round(gb / t_h2d, 2), "d2h_gb_s": round(gb / t_d2h, 2),
         "both_directions_gb_s": round(2 * gb / t_both, 2), "chunked_roundtrip_gb_s": round(2 * gb / t_chunk, 2),
         "times_s": {"h2d": t_h2d, "d2h": t_d2h, "both": t_both, "chunked": t_chunk},
+        "update_loop_s": loops,
     }
     print(result, flush=True)
     write_result(result, F.out, f"transfer_{dev.device_kind.replace(' ', '-')}.json")
+
+
+def loop_patterns(dev, n, reps, blocks=8):
+    """Seconds per call of the offloaded-update loop's variants (module docstring)."""
+    on_dev = jax.sharding.SingleDeviceSharding(dev, memory_kind="device")
+    on_host = jax.sharding.SingleDeviceSharding(dev, memory_kind="pinned_host")
+    dev_space, host_space = jax.memory.Space.Device, jax.memory.Space.Host
+    shape = (blocks, n // blocks)
+    bufs = [jax.device_put(jnp.full(shape, float(k), jnp.float32), on_host) for k in range(3)]
+    grads = jax.device_put(jnp.ones(shape, jnp.float32), on_dev)
+    w = jax.device_put(jnp.eye(4096, dtype=jnp.bfloat16) * 0.5, on_dev)
+    y0 = jax.device_put(jnp.ones((8192, 4096), jnp.bfloat16), on_dev)
+
+    def take(b, i):
+        return jax.lax.dynamic_index_in_dim(b, i, keepdims=False)
+
+    def fetch(bs, i):
+        return [jax.device_put(take(b, i), dev_space) for b in bs]
+
+    def compute(y):  # ~2 TFLOP of matmuls: of the order of a 7B block's forward at the seed shape (~0.1 s on an H100)
+        return jax.lax.fori_loop(0, COMPUTE_REPS, lambda _, y: (y @ w).astype(jnp.bfloat16), y)
+
+    def update_loop(bs, g, y, nbuf, prefetch, with_compute):
+        """prefetch: "" (block i fetched in iteration i), "before" (block i + 1 read before block i is written
+        back: the read and the in-place write of one buffer in no set order), "after" (read from the buffer as
+        written: an order XLA can keep in place)."""
+        def body(i, carry):
+            bs, cur, y = carry
+            nxt = fetch(bs, jnp.minimum(i + 1, blocks - 1)) if prefetch == "before" else cur
+            blk = cur if prefetch else fetch(bs, i)
+            new = [b * 0.9 + take(g, i) * 0.1 for b in blk]
+            bs = [jax.lax.dynamic_update_index_in_dim(b, jax.device_put(v, host_space), i, 0)
+                  for b, v in zip(bs, new, strict=True)]
+            if prefetch == "after":
+                nxt = fetch(bs, jnp.minimum(i + 1, blocks - 1))
+            return bs, nxt, compute(y) if with_compute else y
+        bs, _, y = jax.lax.fori_loop(0, blocks, body, (bs[:nbuf], fetch(bs[:nbuf], 0), y))
+        return bs, y
+
+    out = {}
+    for name, nbuf, prefetch, with_compute in (("1buf", 1, "", False), ("3buf", 3, "", False),
+                                               ("3buf_prefetch_before", 3, "before", False),
+                                               ("3buf_prefetch_after", 3, "after", False),
+                                               ("3buf_compute", 3, "", True),
+                                               ("3buf_prefetch_after_compute", 3, "after", True)):
+        f = jax.jit(functools.partial(update_loop, nbuf=nbuf, prefetch=prefetch, with_compute=with_compute),
+                    donate_argnums=0, out_shardings=([on_host] * nbuf, on_dev))
+        out[name] = _timed_donated(lambda bs, f=f: f(bs, grads, y0), bufs, nbuf, reps)
+        print(name, out[name], flush=True)
+    c = jax.jit(compute)
+    out["compute_alone"] = timed(c, y0, reps=reps)
+
+    @jax.custom_vjp
+    def stream(y, bs):
+        return update_loop(bs, grads, y, 3, "after", True)
+
+    def fwd(y, bs):
+        return stream(y, bs), None
+
+    def bwd(_, cts):
+        return cts[1], None
+    stream.defvjp(fwd, bwd)
+
+    def loss(y, bs):
+        new_bs, y = stream(y, bs)
+        return jnp.sum(y.astype(jnp.float32)), new_bs
+    g = jax.jit(jax.value_and_grad(loss, has_aux=True), donate_argnums=1,
+                out_shardings=((None, [on_host] * 3), on_dev))
+    out["custom_vjp_under_grad"] = _timed_donated(lambda bs: g(y0, bs)[0][1], bufs, 3, reps)
+    print("custom_vjp_under_grad", out["custom_vjp_under_grad"], flush=True)
+    return {k: round(v, 4) for k, v in out.items()}
+
+
+def _timed_donated(fn, bufs, nbuf, reps):
+    """Median seconds of fn(bufs) -> (new bufs, ...), the buffers donated and passed on (in place)."""
+    bs = [jnp.copy(b) for b in bufs[:nbuf]]  # keep `bufs` for the next pattern
+    times = []
+    for k in range(reps + 1):
+        t = time.perf_counter()
+        out = fn(bs)
+        bs = out[0] if isinstance(out, tuple) else out
+        jax.block_until_ready(bs)
+        if k:
+            times.append(time.perf_counter() - t)
+    return statistics.median(times)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ bench() {  # name, timeout, args...
   echo "=== $name: $*" | tee -a "$LOGS/offload.log"
   timeout "$limit" python3 scripts/bench_train.py --config=configs/waymo.py --out "$OUT" "$@" > "$LOGS/$name.txt" 2>&1
   echo "rc=$?" | tee -a "$LOGS/offload.log"
-  grep -E '^\{"blocks"|"(step_time_s|mfu|peak_memory_gb|peak_host_rss_gb|compile_s)"|RESOURCE_EXHAUSTED|Error|wrote' \
+  grep -E '^\{"blocks"|^step [0-9]+:|"(step_time_s|mfu|peak_memory_gb|peak_host_rss_gb|compile_s)"|RESOURCE_EXHAUSTED|Error|wrote' \
     "$LOGS/$name.txt" | tail -12 | tee -a "$LOGS/offload.log"
 }
 for s in $STAGES; do
