@@ -8,9 +8,9 @@ update applied block by block in the next step's forward pass so that the copies
 
 Memory: the device holds the fp32 params (27 GiB), the gradients (27 GiB, kept between steps as the pending update)
 and the step's activations; the host holds 54 GiB of moments and 27 GiB of EMA (pinned), so the machine needs about
-128 GiB of RAM. Checkpoints are written
-synchronously (an asynchronous save would first copy the device-resident params to host memory as well) with Orbax
-reading 4 GB at a time; each one takes about 108 GB of disk (fp32 params, moments and EMA).
+128 GiB of RAM. Checkpoints are written synchronously (an asynchronous save would first copy the device-resident
+params to host memory as well) with Orbax reading 4 GB at a time; each one takes about 108 GB of disk (fp32 params,
+moments and EMA).
 """
 
 from __future__ import annotations

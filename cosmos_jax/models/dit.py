@@ -210,11 +210,9 @@ class DiT(nnx.Module):
                 x_BLD, _ = body(x_BLD, jax.tree.map(lambda a, i=i: a[i], state))
         return x_BLD
 
-
     def _run_blocks_streamed(self, update, x_BLD, ctx):
         """run_blocks with each block's pending optimizer update applied just before it runs (offload_overlap)."""
         graphdef, params, frozen = nnx.split(self.blocks, nnx.Param, ...)
-
         keep = self.cfg.remat == "attention_outside"  # the backward pass reuses the attention's residuals
 
         def apply_block(p, f, x, c):
