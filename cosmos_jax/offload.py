@@ -102,8 +102,7 @@ def update(grads, params, opt_state, ema, *, clip, adamw, ema_beta, parts):
     n = jax.tree.leaves(g_blk)[0].shape[0]
 
     def fetch(moments, e, i):
-        return ([on_device(_take(m, i)) if host_opt else _take(m, i) for m in moments],
-                on_device(_take(e, i)) if host_ema else _take(e, i))
+        return fetch_block(moments, e, i, host_opt=host_opt, host_ema=host_ema)
 
     def body(i, carry):
         p_all, m_all, e_all, m_i, e_i = carry
@@ -139,6 +138,12 @@ def piece(g, p, skeleton, moments, e, *, adamw, ema_beta, host_opt: bool, host_e
     skeleton, moments = _partition(new_state, jax.tree.structure(p))
     return new_p, skeleton, (on_host(moments) if host_opt else moments), (
         on_host(new_e) if host_ema and new_e is not None else new_e)
+
+
+def fetch_block(moments, e, i, *, host_opt: bool, host_ema: bool):
+    """Block i of the stacked moments (a list of trees) and EMA, on the device."""
+    return ([on_device(_take(m, i)) if host_opt else _take(m, i) for m in moments],
+            on_device(_take(e, i)) if host_ema else _take(e, i))
 
 
 def ema_piece(e, p, beta, *, host_ema: bool, keep=None):

@@ -203,9 +203,7 @@ def _forward(static: _Static, p_all, frozen, x, ctx, pend):
     hosted_m, hosted_e = u.host_opt, u.host_ema and ema is not None
 
     def fetch(m_all, e_all, i):
-        m = [offload._take(a, i) for a in m_all]
-        e = offload._take(e_all, i)
-        return ([offload.on_device(a) for a in m] if hosted_m else m), (offload.on_device(e) if hosted_e else e)
+        return offload.fetch_block(m_all, e_all, i, host_opt=hosted_m, host_ema=hosted_e)
 
     # What the backward pass reads of block i, stacked over the blocks: its input, or its vjp's residuals.
     if static.keep_residuals:

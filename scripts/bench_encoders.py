@@ -11,26 +11,14 @@ import dataclasses
 import datetime
 import json
 import os
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from scripts.bench_common import peak_memory_gb, write_result  # noqa: E402
-
-
-def timed(f, *args, reps=5):
-    jax.block_until_ready(f(*args))
-    out = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        jax.block_until_ready(f(*args))
-        out.append(time.perf_counter() - t)
-    return statistics.median(out)
+from scripts.bench_common import peak_memory_gb, timed, write_result  # noqa: E402
 
 
 def main(argv):

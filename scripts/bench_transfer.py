@@ -27,23 +27,13 @@ import jax.numpy as jnp
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from scripts.bench_common import write_result  # noqa: E402
+from scripts.bench_common import timed, write_result  # noqa: E402
 
 flags.DEFINE_float("gib", 2.0, "size of each array, GiB")
 flags.DEFINE_integer("reps", 5, "timed repetitions (median)")
 flags.DEFINE_string("out", "bench/results", "directory for the JSON")
 F = flags.FLAGS
 COMPUTE_REPS = 8 if os.environ.get("JAX_PLATFORMS") != "cpu" else 1
-
-
-def timed(fn, *args, reps):
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def main(argv):
@@ -73,14 +63,7 @@ def main(argv):
     t_h2d = timed(h2d, a_host, reps=F.reps)
     t_d2h = timed(d2h, a_dev, reps=F.reps)
     t_both = timed(both, a_host, a_dev, reps=F.reps)
-    buf = a_host
-    jax.block_until_ready(buf := chunked(buf))
-    times = []
-    for _ in range(F.reps):
-        t = time.perf_counter()
-        jax.block_until_ready(buf := chunked(buf))
-        times.append(time.perf_counter() - t)
-    t_chunk = statistics.median(times)
+    t_chunk = _timed_donated(lambda bs: [chunked(bs[0])], [a_host], 1, F.reps)
     loops = loop_patterns(dev, n, F.reps)
     result = {
         "name": "host_device_transfer", "date": datetime.date.today().isoformat(), "card": dev.device_kind,
