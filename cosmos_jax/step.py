@@ -143,9 +143,9 @@ def train_step(state, batch, key, *, graphdef, tx_parts: tuple[optax.GradientTra
         nonfinite = jnp.zeros((), jnp.int32)
     grad_norm = optax.tree.norm(grads)
     beta = ema_lib.power_beta(state["step"], cfg.ema_gamma) if cfg.ema_enabled else None
-    new_state = {}
+    extra = {}
     if cfg.overlap:  # this step's update is applied by the next step (or offload_overlap.flush)
-        params, opt_state, ema, new_state["pending"] = offload_overlap.finish(grads, params, block_out, rest,
+        params, opt_state, ema, extra["pending"] = offload_overlap.finish(grads, params, block_out, rest,
                                                                               clip=tx_parts[0], beta=beta)
     elif cfg.offload:  # moments / EMA in host memory: the same update, streamed one block at a time
         clip, adamw = tx_parts
@@ -156,7 +156,7 @@ def train_step(state, batch, key, *, graphdef, tx_parts: tuple[optax.GradientTra
         params = optax.apply_updates(state["params"], updates)
         ema = state["ema"] if beta is None else ema_lib.update(state["ema"], params, beta)
     new_state = {**state, "step": state["step"] + 1, "params": params, "opt_state": opt_state, "ema": ema,
-                 **new_state}
+                 **extra}
     metrics.update(grad_norm=grad_norm, nonfinite_grads=nonfinite)
     return new_state, metrics
 

@@ -162,14 +162,11 @@ def _train(config, mesh, progress: bool) -> dict:
     # ---- the jitted step -----------------------------------------------------------------------------------
     batch_sh = sharding.batch_sharding(mesh, leading_axes=1)
     flush = None
-    if step_cfg.overlap:  # the state carries the last step's update until the next step's forward pass
+    if step_cfg.overlap:  # the state carries the last step's update until the next step's forward pass; save,
+        # export and validation read offload_overlap.saved(state) after a flush (at the start nothing is pending)
         state = offload_overlap.with_pending(state, shardings)
         flush = offload_overlap.make_flush(shardings, adamw=optim.parts(config)[1], parts=step_cfg.offload)
         shardings = offload_overlap.shardings(shardings)
-
-    def settled(s):
-        """The state with every update applied, without the pending one: what save, export and validation read."""
-        return offload_overlap.saved(flush(s)) if flush else s
     train_step = step_lib.jit_train_step(shardings, batch_sh, graphdef=graphdef, tx_parts=optim.parts(config),
                                          cfg=step_cfg, tokenizer=tokenizer)
     schedule = optim.schedule(config)
@@ -183,7 +180,7 @@ def _train(config, mesh, progress: bool) -> dict:
     start = int(jax.device_get(state["step"]))
     if export_missing:
         log.info("step %d: its .pt export was interrupted; writing it now", start)
-        phases.export(settled(state), start)
+        phases.export(offload_overlap.saved(state), start)
     base_key = jax.random.key(config.seed)
     bar = tqdm(total=config.max_iter, initial=start, disable=not progress or jax.process_index() > 0,
                desc=config.job.name, dynamic_ncols=True)
@@ -198,7 +195,7 @@ def _train(config, mesh, progress: bool) -> dict:
                  *(ref[kind].get(k, float("nan")) for kind in ("baseline_front_copy", "real_tokenized")
                    for k in ("sampson_median_px", "inlier_fraction", "psnr_db", "ssim")))
     if start == 0 and validator and config.samples.val_at_start:
-        at_start = phases.validate(settled(state), 0, with_samples=config.samples.samples_at_start)
+        at_start = phases.validate(offload_overlap.saved(state), 0, with_samples=config.samples.samples_at_start)
         writer.write(0, at_start, prefix="val")
     it = start
     try:
@@ -244,15 +241,16 @@ def _train(config, mesh, progress: bool) -> dict:
                              m["samples_per_s"], f", MFU {100 * m['mfu']:.1f}%" if peak else "", skipped)
             bar.update(1)
             if done % config.checkpoint.save_iter == 0 or done == config.max_iter:
-                if step_cfg.overlap:  # the pending update applied first (the next step then has none)
+                if flush:  # the pending update applied first (the next step then has none)
                     state = flush(state)
-                phases.save(settled(state), done, data_iter.get_state(), {"seed": config.seed, "step": done,
-                                                                  "base": base_id(config) if lora_job else None})
+                settled = offload_overlap.saved(state)
+                phases.save(settled, done, data_iter.get_state(), {"seed": config.seed, "step": done,
+                                                                   "base": base_id(config) if lora_job else None})
                 _fault("kill_during_save", done)
                 if config.checkpoint.export_pt:
-                    phases.export(settled(state), done)
+                    phases.export(settled, done)
                 if validator:
-                    val = phases.validate(settled(state), done)
+                    val = phases.validate(settled, done)
                     writer.write(done, val, prefix="val")
                     last.update(val)
                 t_last, n_since = time.time(), 0  # step times exclude the save phases
