@@ -21,7 +21,7 @@ from absl import app, flags
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from cosmos_jax import config_check, distributed, flops, job, offload_overlap, optim, sharding
+from cosmos_jax import config_check, distributed, flops, job, offload, offload_overlap, optim, sharding
 from cosmos_jax import step as step_lib
 from cosmos_jax import train_state as ts
 from cosmos_jax.data import dataset, pipeline
@@ -290,6 +290,9 @@ def main(argv):
     if flags.FLAGS.config is None:
         raise app.UsageError("--config is required")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    host_gb = offload.raise_host_memory_limit(flags.FLAGS.config.get("offload"))
+    if host_gb:
+        log.info("config.offload: pinned host memory capped at %d GB (%s)", host_gb, offload.HOST_LIMIT_VAR)
     # SIGINT stops the run cleanly (KeyboardInterrupt: the curves are plotted, the last checkpoint named) even when
     # the process was started with SIGINT ignored, as a shell does for `cmd &` in a script: `kill -INT`, `timeout -s
     # INT` and a scheduler's signal must reach a training started in the background too.

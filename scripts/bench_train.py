@@ -100,8 +100,9 @@ def main(argv):
     del argv
     # JAX's GPU allocator takes 75 % of the card by default; the 7B steps need more (set before first use).
     os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")
-    from cosmos_jax import distributed, sharding
+    from cosmos_jax import distributed, offload, sharding
 
+    offload.raise_host_memory_limit(flags.FLAGS.config.get("offload"))  # as the train command does
     distributed.maybe_initialize()  # several processes: COSMOS_JAX_* variables or Slurm (cosmos_jax/distributed.py)
     f = flags.FLAGS
     config = f.config
@@ -149,6 +150,7 @@ def main(argv):
         "compiled_memory_gib": memory, "offload": list(config.offload),
         "offload_overlap": bool(config.get("offload_overlap")), "peak_host_rss_gb": memory_lib.peak_rss_gb(),
         "loss": float(m["loss"]), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "host_memory_limit_gb": os.environ.get(offload.HOST_LIMIT_VAR),
         "num_processes": jax.process_count(),
     }
     if jax.process_index() != 0:

@@ -231,3 +231,15 @@ def test_train_with_offload(tmp_path, monkeypatch):
     c.data.val_dataset_dir = str(tmp_path / "none")  # validation of the rerun off: one compile fewer
     second = train.train(c, progress=False, devices=jax.devices()[:1])
     assert second["final"]["step"] == 3 and np.isfinite(second["final"]["loss"])
+
+
+def test_host_memory_limit_raised_for_offload_only(monkeypatch):
+    # JAX's pinned-host allocator stops at 64 GB unless told otherwise: the 7B's host-resident state is 81 GiB
+    monkeypatch.delenv(offload.HOST_LIMIT_VAR, raising=False)
+    assert offload.raise_host_memory_limit(()) is None
+    assert offload.HOST_LIMIT_VAR not in os.environ
+    ram_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    limit = offload.raise_host_memory_limit(("opt_state", "ema"))
+    assert limit == int(0.9 * ram_gb) and os.environ[offload.HOST_LIMIT_VAR] == str(limit)
+    monkeypatch.setenv(offload.HOST_LIMIT_VAR, "7")  # the user's own value is kept
+    assert offload.raise_host_memory_limit(("ema",)) is None and os.environ[offload.HOST_LIMIT_VAR] == "7"
