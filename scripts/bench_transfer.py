@@ -10,7 +10,8 @@ Then the loop of cosmos_jax/offload_overlap.py piece by piece, to find what make
 three host buffers (Adam's mu, nu and the EMA, --gib each), each block brought to the device, updated with a
 device-resident gradient, written back in place; without and with the next block fetched one iteration ahead, with
 a chain of matmuls per block (the blocks' compute, also timed alone), and the same inside a `jax.custom_vjp` under
-`jax.value_and_grad` (as the train step runs it).
+`jax.value_and_grad` (as the train step runs it); and the loop unrolled in Python (static block indices), on the
+stacked buffers and on one host array per block. HLO_DIR=DIR writes each variant's compiled HLO there.
 """
 
 from __future__ import annotations
@@ -33,7 +34,10 @@ flags.DEFINE_float("gib", 2.0, "size of each array, GiB")
 flags.DEFINE_integer("reps", 5, "timed repetitions (median)")
 flags.DEFINE_string("out", "bench/results", "directory for the JSON")
 F = flags.FLAGS
-COMPUTE_REPS = 8 if os.environ.get("JAX_PLATFORMS") != "cpu" else 1
+# matmuls per block: ~30 ms on an H100, about the time 3 x --gib/8 GiB take each way at 52 GB/s (--gib 2), so that
+# an overlapped loop shows as ~max(compute, copies) and a serial one as their sum
+COMPUTE_REPS = 64 if os.environ.get("JAX_PLATFORMS") != "cpu" else 1
+HLO_DIR = os.environ.get("HLO_DIR")  # where to write each loop variant's compiled HLO, if set
 
 
 def main(argv):
@@ -94,7 +98,7 @@ def loop_patterns(dev, n, reps, blocks=8):
     def fetch(bs, i):
         return [jax.device_put(take(b, i), dev_space) for b in bs]
 
-    def compute(y):  # ~2 TFLOP of matmuls: of the order of a 7B block's forward at the seed shape (~0.1 s on an H100)
+    def compute(y):  # COMPUTE_REPS x 0.27 TFLOP of matmuls
         return jax.lax.fori_loop(0, COMPUTE_REPS, lambda _, y: (y @ w).astype(jnp.bfloat16), y)
 
     def update_loop(bs, g, y, nbuf, prefetch, with_compute):
@@ -122,7 +126,36 @@ def loop_patterns(dev, n, reps, blocks=8):
                                                ("3buf_prefetch_after_compute", 3, "after", True)):
         f = jax.jit(functools.partial(update_loop, nbuf=nbuf, prefetch=prefetch, with_compute=with_compute),
                     donate_argnums=0, out_shardings=([on_host] * nbuf, on_dev))
+        _dump_hlo(name, f, bufs[:nbuf], grads, y0)
         out[name] = _timed_donated(lambda bs, f=f: f(bs, grads, y0), bufs, nbuf, reps)
+        print(name, out[name], flush=True)
+
+    def unrolled_loop(bs, g, y, separate):
+        """The loop unrolled in Python: static block indices. `separate`: each block's moments a host array of
+        its own (3 x blocks arrays) instead of a slice of a stacked buffer; block i + 1 fetched before block i's
+        write-back (no aliasing between different arrays)."""
+        get = (lambda k, i: bs[k * blocks + i]) if separate else (lambda k, i: bs[k][i])
+        cur = [jax.device_put(get(k, 0), dev_space) for k in range(3)]
+        outs = list(bs)
+        for i in range(blocks):
+            nxt = [jax.device_put(get(k, i + 1), dev_space) for k in range(3)] if i + 1 < blocks else None
+            new = [jax.device_put(c * 0.9 + g[i] * 0.1, host_space) for c in cur]
+            for k in range(3):
+                if separate:
+                    outs[k * blocks + i] = new[k]
+                else:
+                    outs[k] = outs[k].at[i].set(new[k])
+            y = compute(y)
+            cur = nxt
+        return outs, y
+
+    for name, separate in (("3buf_unrolled_compute", False), ("3buf_separate_unrolled_compute", True)):
+        ins = [b[i] for b in bufs for i in range(blocks)] if separate else bufs
+        ins = [jax.device_put(a, on_host) for a in ins]
+        f = jax.jit(functools.partial(unrolled_loop, separate=separate), donate_argnums=0,
+                    out_shardings=([on_host] * len(ins), on_dev))
+        _dump_hlo(name, f, ins, grads, y0)
+        out[name] = _timed_donated(lambda bs, f=f: f(bs, grads, y0), ins, len(ins), reps)
         print(name, out[name], flush=True)
     c = jax.jit(compute)
     out["compute_alone"] = timed(c, y0, reps=reps)
@@ -146,6 +179,13 @@ def loop_patterns(dev, n, reps, blocks=8):
     out["custom_vjp_under_grad"] = _timed_donated(lambda bs: g(y0, bs)[0][1], bufs, 3, reps)
     print("custom_vjp_under_grad", out["custom_vjp_under_grad"], flush=True)
     return {k: round(v, 4) for k, v in out.items()}
+
+
+def _dump_hlo(name, f, *args):
+    if HLO_DIR:
+        os.makedirs(HLO_DIR, exist_ok=True)
+        with open(os.path.join(HLO_DIR, f"{name}.hlo.txt"), "w") as fh:
+            fh.write(f.lower(*args).compile().as_text())
 
 
 def _timed_donated(fn, bufs, nbuf, reps):
