@@ -51,6 +51,9 @@ def get_config() -> ml_collections.ConfigDict:
     # that the host copies overlap the blocks' compute (cosmos_jax/offload_overlap.py; grad_accum 1, full fine-tune;
     # the blocks are rematerialised in full, or with remat attention_outside around the kept attention).
     c.offload_overlap = False
+    # With offload_overlap: blocks whose moments and EMA are fetched ahead (1, or 2: each block's copies get two
+    # blocks of compute to hide behind, for one more block of them on the device).
+    c.offload_prefetch = 1
     c.tokenizer = ml_collections.ConfigDict(dict(
         name="cosmos", checkpoint_dir="checkpoints/Cosmos-Tokenize1-CV8x8x8-720p", pixel_chunk_duration=57,
         latent_channels=16, temporal_compression=8, spatial_compression=8,

@@ -68,7 +68,8 @@ def check(c, num_devices: int) -> None:
     _need(c.remat in remat.POLICIES, f"config.remat={c.remat!r}: expected one of {', '.join(remat.POLICIES)}")
     try:
         offload.check(c.offload, c.model.scan_blocks)
-        offload_overlap.check(c.get("offload_overlap", False), c.offload, c.grad_accum, c.lora.rank > 0)
+        offload_overlap.check(c.get("offload_overlap", False), c.offload, c.grad_accum, c.lora.rank > 0,
+                              c.get("offload_prefetch", 1))
     except ValueError as e:
         raise ConfigError(str(e)) from None
     check_mesh(c.mesh, num_devices)

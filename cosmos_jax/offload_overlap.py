@@ -4,8 +4,9 @@ the host <-> device copies of the offloaded moments and EMA run while the blocks
 With `config.offload` alone the update follows the backward pass: the clip needs the global norm of every gradient,
 so nothing is left to compute while 28 blocks of moments and EMA cross the PCIe bus (6-block slice, H100: +97 %
 step time, scripts/gpu_offload.sh). Here step n ends with its clipped gradients kept on the device (`pending`);
-step n + 1's forward pass runs the blocks in a loop that, for block i, brings block i + 1's moments and EMA to the
-device, applies step n's AdamW + EMA to block i (the same `offload.piece` as the plain offloaded update), writes
+step n + 1's forward pass runs the blocks in a loop that, for block i, brings block i + d's moments and EMA to the
+device (d = `config.offload_prefetch`, 1 or 2: the copies get d blocks of compute, for d - 1 more blocks of them on
+the device), applies step n's AdamW + EMA to block i (the same `offload.piece` as the plain offloaded update), writes
 them back to host memory in place, and then runs block i with its new weights. The backward pass (a
 `jax.custom_vjp`) recomputes each block from its saved input (remat `full`), or reuses the residuals the forward
 pass kept of each block (remat `attention_outside`: the attention's inputs, output and statistics), and returns the
@@ -36,9 +37,12 @@ from cosmos_jax import offload, sharding
 _ACTIVE: contextvars.ContextVar = contextvars.ContextVar("offload_overlap", default=None)
 
 
-def check(enabled: bool, parts, grad_accum: int, lora: bool) -> bool:
+def check(enabled: bool, parts, grad_accum: int, lora: bool, prefetch=1) -> bool:
     if not enabled:
         return False
+    if not isinstance(prefetch, int) or isinstance(prefetch, bool) or prefetch < 1:
+        raise ValueError(f"config.offload_prefetch={prefetch!r}: expected an integer >= 1 (blocks whose moments and "
+                         "EMA are fetched ahead in the forward pass)")
     if not parts:
         raise ValueError("config.offload_overlap=True needs config.offload (the parts in host memory to stream)")
     if grad_accum != 1:
@@ -108,10 +112,11 @@ class BlockUpdate:
     adamw: optax.GradientTransformation
     host_opt: bool
     host_ema: bool
+    prefetch: int = 1  # blocks fetched ahead (config.offload_prefetch)
     out: dict = dataclasses.field(default_factory=dict)  # params, moments, ema after the update (set by `run`)
 
 
-def begin(state: dict, *, adamw, parts, ema_enabled: bool):
+def begin(state: dict, *, adamw, parts, ema_enabled: bool, prefetch: int = 1):
     """At the start of a step: (params for the forward pass, the step's BlockUpdate, what `finish` needs). The
     tensors outside the blocks take the pending update now; the blocks keep their old values, updated in the
     forward pass (`run`)."""
@@ -130,7 +135,7 @@ def begin(state: dict, *, adamw, parts, ema_enabled: bool):
     skel_blk, m_blk = offload._partition(offload._map_param_shaped(adam_state, treedef, offload._blocks), blocks_def)
     update = BlockUpdate(grads=_inner(pend["grads"]), moments=[_inner(m) for m in m_blk], ema=_inner(ema),
                          skeleton=skel_blk, beta=beta, valid=pend["valid"], adamw=adamw, host_opt=host_opt,
-                         host_ema=host_ema)
+                         host_ema=host_ema, prefetch=prefetch)
     return offload._merge(offload._blocks(params), p_rest), update, (clip_state, new_skeleton, m_rest, e_rest)
 
 
@@ -216,7 +221,8 @@ def _forward(static: _Static, p_all, frozen, x, ctx, pend):
         saved = [sharding.constrain(jnp.zeros((n, *x.shape), x.dtype), None, "act_batch", "act_length", None)]
 
     def body(i, carry):
-        x, p_all, m_all, e_all, saved, m_i, e_i = carry
+        x, p_all, m_all, e_all, saved, ahead = carry
+        (m_i, e_i), ahead = ahead[0], ahead[1:]
         keep = jnp.logical_not(valid)
         p, _, m, _ = offload.piece(offload._take(grads, i), offload._take(p_all, i), skeleton, m_i, None,
                                    adamw=u.adamw, ema_beta=None, host_opt=hosted_m, host_ema=hosted_e, keep=keep)
@@ -225,19 +231,19 @@ def _forward(static: _Static, p_all, frozen, x, ctx, pend):
         p = offload._take(p_all, i)  # the block as written: its only reader after the write (offload.ema_piece)
         if beta is not None:
             e_all = offload._put(e_all, offload.ema_piece(e_i, p, beta, host_ema=hosted_e, keep=keep), i)
-        # block i + 1's moments and EMA, read from the buffers as just written (offload.update says why), while
-        # block i computes
-        m_next, e_next = fetch(m_all, e_all, jnp.minimum(i + 1, n - 1))
+        # block i + d's moments and EMA (d = u.prefetch), read from the buffers as just written (offload.update
+        # says why), while blocks i .. i + d - 1 compute
+        ahead = (*ahead, fetch(m_all, e_all, jnp.minimum(i + u.prefetch, n - 1)))
         if static.keep_residuals:
             x, vjp = _block_vjp(static, p, offload._take(frozen, i), x, ctx)
             saved = [offload._put(a, b, i) for a, b in zip(saved, jax.tree.leaves(vjp), strict=True)]
         else:
             saved = [offload._put(saved[0], x, i)]
             x = static.apply_block(p, offload._take(frozen, i), x, ctx)
-        return x, p_all, m_all, e_all, saved, m_next, e_next
+        return x, p_all, m_all, e_all, saved, ahead
 
-    x, p_all, moments, ema, saved, _, _ = jax.lax.fori_loop(
-        0, n, body, (x, p_all, moments, ema, saved, *fetch(moments, ema, 0)))
+    ahead = tuple(fetch(moments, ema, min(k, n - 1)) for k in range(u.prefetch))
+    x, p_all, moments, ema, saved, _ = jax.lax.fori_loop(0, n, body, (x, p_all, moments, ema, saved, ahead))
     return (p_all, moments, ema, x), (p_all, frozen, saved, ctx)
 
 

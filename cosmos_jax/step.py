@@ -43,6 +43,7 @@ class StepConfig:
     ema_gamma: float
     offload: tuple[str, ...] = ()
     overlap: bool = False
+    prefetch: int = 1
 
     @classmethod
     def from_config(cls, c) -> StepConfig:
@@ -60,7 +61,8 @@ class StepConfig:
                    ema_gamma=ema_lib.power_gamma(c.ema.s),
                    offload=offload.check(c.offload, c.model.scan_blocks),
                    overlap=offload_overlap.check(c.get("offload_overlap", False), c.offload, c.grad_accum,
-                                                 c.lora.rank > 0))
+                                                 c.lora.rank > 0, c.get("offload_prefetch", 1)),
+                   prefetch=c.get("offload_prefetch", 1))
 
 
 def latents_of(batch, tokenizer):
@@ -109,7 +111,7 @@ def train_step(state, batch, key, *, graphdef, tx_parts: tuple[optax.GradientTra
     params, block_update = state["params"], None
     if cfg.overlap:  # the previous step's update: outside the blocks now, the blocks' inside the forward pass
         params, block_update, rest = offload_overlap.begin(state, adamw=tx_parts[1], parts=cfg.offload,
-                                                           ema_enabled=cfg.ema_enabled)
+                                                           ema_enabled=cfg.ema_enabled, prefetch=cfg.prefetch)
 
     def loss_fn(*args):  # micro_loss, and with offload_overlap the blocks' params/moments/EMA after the update
         if block_update is None:

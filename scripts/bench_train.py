@@ -135,7 +135,9 @@ def main(argv):
     result = {
         "name": f.name or (f"train_{cfg.num_blocks}blocks_remat-{config.remat}{'_lora' if cfg.lora_rank else ''}"
                            + ("_offload-" + "-".join(config.offload) if config.offload else "")
-                           + ("_overlap" if config.get("offload_overlap") else "") + suffix),
+                           + ("_overlap" if config.get("offload_overlap") else "")
+                           + (f"_prefetch{config.offload_prefetch}" if config.get("offload_overlap")
+                              and config.get("offload_prefetch", 1) != 1 else "") + suffix),
         "mode": "lora" if cfg.lora_rank else "full",
         "num_devices": ndev, "card": jax.devices()[0].device_kind, "date": datetime.date.today().isoformat(),
         "command": " ".join(["python", "scripts/bench_train.py", *sys.argv[1:]]),
@@ -148,7 +150,8 @@ def main(argv):
         "model_tflops_per_step": flops / 1e12, "mfu": flops / step_time / (PEAK * ndev),
         "gemm_tflops": gemm_tflops(), "peak_memory_gb": peak_memory_gb(), "compile_s": compile_s,
         "compiled_memory_gib": memory, "offload": list(config.offload),
-        "offload_overlap": bool(config.get("offload_overlap")), "peak_host_rss_gb": memory_lib.peak_rss_gb(),
+        "offload_overlap": bool(config.get("offload_overlap")), "offload_prefetch": config.get("offload_prefetch", 1),
+        "peak_host_rss_gb": memory_lib.peak_rss_gb(),
         "loss": float(m["loss"]), "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "host_memory_limit_gb": os.environ.get(offload.HOST_LIMIT_VAR),
         "num_processes": jax.process_count(),

@@ -104,9 +104,12 @@ def loop_patterns(dev, n, reps, blocks=8):
     def update_loop(bs, g, y, nbuf, prefetch, with_compute):
         """prefetch: "" (block i fetched in iteration i), "before" (block i + 1 read before block i is written
         back: the read and the in-place write of one buffer in no set order), "after" (read from the buffer as
-        written: an order XLA can keep in place)."""
+        written: an order XLA can keep in place), "after2" (block i + 2 read after block i is written: two blocks
+        of compute to hide each write + read)."""
         def body(i, carry):
             bs, cur, y = carry
+            if prefetch == "after2":  # two blocks on the device: the copies of block i + 2 have two blocks' time
+                cur, ahead = cur
             nxt = fetch(bs, jnp.minimum(i + 1, blocks - 1)) if prefetch == "before" else cur
             blk = cur if prefetch else fetch(bs, i)
             new = [b * 0.9 + take(g, i) * 0.1 for b in blk]
@@ -114,8 +117,13 @@ def loop_patterns(dev, n, reps, blocks=8):
                   for b, v in zip(bs, new, strict=True)]
             if prefetch == "after":
                 nxt = fetch(bs, jnp.minimum(i + 1, blocks - 1))
+            if prefetch == "after2":
+                nxt = (ahead, fetch(bs, jnp.minimum(i + 2, blocks - 1)))
             return bs, nxt, compute(y) if with_compute else y
-        bs, _, y = jax.lax.fori_loop(0, blocks, body, (bs[:nbuf], fetch(bs[:nbuf], 0), y))
+        first = fetch(bs[:nbuf], 0)
+        if prefetch == "after2":
+            first = (first, fetch(bs[:nbuf], 1))
+        bs, _, y = jax.lax.fori_loop(0, blocks, body, (bs[:nbuf], first, y))
         return bs, y
 
     out = {}
@@ -123,7 +131,9 @@ def loop_patterns(dev, n, reps, blocks=8):
                                                ("3buf_prefetch_before", 3, "before", False),
                                                ("3buf_prefetch_after", 3, "after", False),
                                                ("3buf_compute", 3, "", True),
-                                               ("3buf_prefetch_after_compute", 3, "after", True)):
+                                               ("3buf_prefetch_after_compute", 3, "after", True),
+                                               ("3buf_prefetch_before_compute", 3, "before", True),
+                                               ("3buf_prefetch2_compute", 3, "after2", True)):
         f = jax.jit(functools.partial(update_loop, nbuf=nbuf, prefetch=prefetch, with_compute=with_compute),
                     donate_argnums=0, out_shardings=([on_host] * nbuf, on_dev))
         _dump_hlo(name, f, bufs[:nbuf], grads, y0)

@@ -2,12 +2,18 @@
 # Full fine-tune of the 7B on one GPU with config.offload, measured on a lent H200 in one call:
 #   bash scripts/gpu_offload.sh OUTDIR [STAGES]
 # Stages (default: all, in this order):
-#   pcie   host <-> device copy rates of pinned host memory (scripts/bench_transfer.py)
+#   pcie   host <-> device copy rates of pinned host memory and the block loop's variants (scripts/bench_transfer.py;
+#          their compiled HLO into the logs)
+#   hlo    the compiled HLO of the 2-block overlapped step (into the logs): how XLA runs its host copies
 #   fit    compile-only memory analysis of the 28-block step with offload_overlap (moments + EMA; moments only)
 #   slice  the 6-block slice, remat full and attention_outside, each with moments + EMA offloaded (offload_overlap)
 #          and without offload: the cost of streaming
 #   full   the 28-block 7B, moments + EMA offloaded with offload_overlap, remat full: step time, MFU, device and host
 #          peaks;  fullattn  the same with remat attention_outside (the attention's residuals kept: ~2 GB a block)
+#   sliceopt / fullopt  the 6-block slice / the 7B with offload_overlap and the moments alone offloaded (the EMA
+#          on the device: a third less to copy, if it fits)
+#   slicep2 / fullp2  the 6-block slice / the 7B with config.offload_prefetch=2 (block i + 2 fetched while blocks i
+#          and i + 1 compute)
 #   lora   LoRA r16 of the 7B with remat attention_outside (no offload)
 #   train  python -m cosmos_jax.train --config=configs/waymo_1gpu.py (the user's command) on synthetic clips at the
 #          seed shape, stopped with Ctrl-C (SIGINT) once step 2 is logged: a 7B full checkpoint (~108 GB) does not
@@ -40,8 +46,12 @@ bench() {  # name, timeout, args...
 for s in $STAGES; do
   case $s in
     pcie)
-      timeout 120 python3 scripts/bench_transfer.py --out "$OUT" > "$LOGS/pcie.txt" 2>&1
-      echo "pcie rc=$?" | tee -a "$LOGS/offload.log"; grep "gb_s" "$LOGS/pcie.txt" | tee -a "$LOGS/offload.log" ;;
+      HLO_DIR=$LOGS/hlo timeout 240 python3 scripts/bench_transfer.py --out "$OUT" > "$LOGS/pcie.txt" 2>&1
+      echo "pcie rc=$?" | tee -a "$LOGS/offload.log"; grep -E "gb_s|^[0-9a-z_]+ [0-9.]+$" "$LOGS/pcie.txt" \
+        | tee -a "$LOGS/offload.log" ;;
+    hlo)
+      bench hlo_overlap 150 --blocks 2 --compile_only --config.remat=full "$OFF" $OVL \
+        --dump_hlo "$LOGS/step_overlap_2blocks.hlo.txt.gz" ;;
     fit)
       bench fit_overlap 150 --compile_only --config.remat=full "$OFF" $OVL
       bench fit_overlap_opt 150 --compile_only --config.remat=full "$OFF_OPT" $OVL ;;
@@ -54,6 +64,14 @@ for s in $STAGES; do
       bench full_overlap 290 --steps 3 --config.remat=full "$OFF" $OVL ;;
     fullattn)
       bench full_overlap_attn 290 --steps 3 --config.remat=attention_outside "$OFF" $OVL ;;
+    sliceopt)
+      bench slice_overlap_opt 150 --blocks 6 --steps 5 --config.remat=full "$OFF_OPT" $OVL ;;
+    slicep2)
+      bench slice_overlap_p2 150 --blocks 6 --steps 5 --config.remat=full "$OFF" $OVL --config.offload_prefetch=2 ;;
+    fullp2)
+      bench full_overlap_p2 290 --steps 3 --config.remat=full "$OFF" $OVL --config.offload_prefetch=2 ;;
+    fullopt)
+      bench full_overlap_opt 290 --steps 3 --config.remat=full "$OFF_OPT" $OVL ;;
     lora)
       bench lora_attn 240 --steps 3 --config.remat=attention_outside "${LORA[@]}" ;;
     train)

@@ -135,15 +135,15 @@ def loop_copies(hlo: str, shapes: set[str]) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("overlap", [False, True])
-def test_the_block_loops_copy_no_stacked_buffer(overlap):
+@pytest.mark.parametrize("overlap,prefetch", [(False, 1), (True, 1), (True, 2)])
+def test_the_block_loops_copy_no_stacked_buffer(overlap, prefetch):
     """Each block is read from the stacked params/moments/EMA, and written back, with no reader of the old block
     after the write: otherwise XLA copies the whole stacked buffer in every iteration (an H100 step of the 6-block
     slice, with the next block fetched before the write, did not finish in 2 minutes)."""
     mesh = sharding.one_device_mesh()
     c = tiny(BOTH)
     c.model.update(dict(num_blocks=8, model_channels=64))
-    c.offload_overlap, c.remat = overlap, "full"
+    c.offload_overlap, c.remat, c.offload_prefetch = overlap, "full", prefetch
     cfg, tx = build.dit_config(c), optim.make(c)
     graphdef, _, sh = ts.layout(cfg, tx, mesh, offload=BOTH)
     batch_sh = sharding.batch_sharding(mesh, leading_axes=1)

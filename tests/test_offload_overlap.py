@@ -46,10 +46,11 @@ def relative_errors(a, b):
     return out
 
 
-def overlap_config(parts=BOTH, remat="full"):
+def overlap_config(parts=BOTH, remat="full", prefetch=1):
     c = tiny(parts)
     c.offload_overlap = True
     c.remat = remat  # full: each block recomputed from its input; attention_outside: its vjp's residuals kept
+    c.offload_prefetch = prefetch  # 2 on 3 blocks: the last fetch clamped to a block not yet written
     return c
 
 
@@ -61,11 +62,11 @@ def plain_config(remat="full"):
     return c
 
 
-@pytest.mark.parametrize("fsdp,remat", [(1, "attention_outside"), (2, "full")])
-def test_overlapped_steps_match_the_plain_step(fsdp, remat):
+@pytest.mark.parametrize("fsdp,remat,prefetch", [(1, "attention_outside", 1), (2, "full", 2)])
+def test_overlapped_steps_match_the_plain_step(fsdp, remat, prefetch):
     mesh = sharding.make_mesh((("data", 1), ("fsdp", fsdp), ("context", 1)), devices=jax.devices()[:fsdp])
     plain, plain_losses, _, _ = run(plain_config(remat), mesh)
-    over, losses = run_overlap(overlap_config(remat=remat), mesh)
+    over, losses = run_overlap(overlap_config(remat=remat, prefetch=prefetch), mesh)
     np.testing.assert_allclose(losses, plain_losses, rtol=1e-6)
     assert not bool(over["pending"]["valid"]) and int(over["opt_state"][1][0].count) == 3
     assert kinds(over["ema"]) == {"pinned_host"} and kinds(over["opt_state"]) == {"pinned_host"}
@@ -89,9 +90,10 @@ def test_the_update_waits_for_the_next_step():
 
 @pytest.mark.parametrize("edit,msg", [(dict(offload=()), "needs config.offload"),
                                       (dict(grad_accum=2), "needs grad_accum=1"),
-                                      (dict(lora=True), "for full fine-tuning")])
+                                      (dict(lora=True), "for full fine-tuning"),
+                                      (dict(prefetch=0), "offload_prefetch=0: expected an integer >= 1")])
 def test_bad_overlap_configs(edit, msg):
-    c = overlap_config()
+    c = overlap_config(prefetch=edit.get("prefetch", 1))
     c.offload = edit.get("offload", c.offload)
     c.grad_accum = edit.get("grad_accum", 1)
     if edit.get("lora"):
