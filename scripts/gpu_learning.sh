@@ -14,6 +14,8 @@
 #   mkdir -p datasets/rig_learning_videos/heldout && cp -r /tmp/rig/{videos,rig} datasets/rig_learning_videos/ &&
 #   cp -r /tmp/rig/heldout/{videos,rig} datasets/rig_learning_videos/heldout/
 #   device call: RIG_VIDEOS=datasets/rig_learning_videos bash scripts/gpu_learning.sh $OUT/rig  (carry .whl and it)
+# CLIPS=N: N training clips (default 16; the videos in RIG_VIDEOS must have been rendered with --clips N); the
+# held-out clips are the same for any N (each clip is a function of the seed and its index).
 set -u
 OUT=${1:-bench/results/rig_learning}; shift || true
 WORK=${WORK:-/root/rig_learning}
@@ -24,7 +26,7 @@ if compgen -G ".whl/*.whl" > /dev/null; then
 fi
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 OUTPUT_ROOT=$WORK/jobs
 t0=$(date +%s)
-SYNTH=(--out "$WORK/data" --clips 16 --frames 20 --heldout 4 --scale 2.2222222)
+SYNTH=(--out "$WORK/data" --clips "${CLIPS:-16}" --frames 20 --heldout 4 --scale 2.2222222)
 if [ ! -d "$WORK/data/videos" ]; then
   if [ -n "${RIG_VIDEOS:-}" ]; then cp -r "$RIG_VIDEOS" "$WORK/data"; SYNTH+=(--text_only); fi
   python3 -m cosmos_jax.data.synthetic "${SYNTH[@]}" 2>&1 | tail -2 | tee "$LOGS/data.log"
