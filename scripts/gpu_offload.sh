@@ -48,10 +48,15 @@ for s in $STAGES; do
     pcie)
       HLO_DIR=$LOGS/hlo timeout 240 python3 scripts/bench_transfer.py --out "$OUT" > "$LOGS/pcie.txt" 2>&1
       echo "pcie rc=$?" | tee -a "$LOGS/offload.log"; grep -E "gb_s|^[0-9a-z_]+ [0-9.]+$" "$LOGS/pcie.txt" \
-        | tee -a "$LOGS/offload.log" ;;
+        | tee -a "$LOGS/offload.log"
+      for h in "$LOGS"/hlo/*.hlo.txt; do  # where each loop's host copies run (scripts/hlo_host_copies.py)
+        echo "--- $(basename "$h")"; python3 scripts/hlo_host_copies.py "$h" | cut -c1-700
+      done 2>&1 | tee -a "$LOGS/offload.log" ;;
     hlo)
       bench hlo_overlap 150 --blocks 2 --compile_only --config.remat=full "$OFF" $OVL \
-        --dump_hlo "$LOGS/step_overlap_2blocks.hlo.txt.gz" ;;
+        --dump_hlo "$LOGS/step_overlap_2blocks.hlo.txt.gz"
+      python3 scripts/hlo_host_copies.py "$LOGS/step_overlap_2blocks.hlo.txt.gz" 2>&1 | cut -c1-1500 \
+        | tee -a "$LOGS/offload.log" ;;
     fit)
       bench fit_overlap 150 --compile_only --config.remat=full "$OFF" $OVL
       bench fit_overlap_opt 150 --compile_only --config.remat=full "$OFF_OPT" $OVL ;;
