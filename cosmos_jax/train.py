@@ -215,8 +215,9 @@ def _train(config, mesh, progress: bool) -> dict:
                 jax.block_until_ready(m)
                 first_s = phases.took("first_step_s", t_first)
                 peak_dev = memory.peak_device_gb(list(mesh.local_devices))
-                log.info("first step (%d) ran in %.1f s%s", it + 1, first_s,
-                         "" if peak_dev is None else f"; peak device memory {peak_dev:.2f} GiB")
+                log.info("first step (%d) ran in %.1f s%s; host memory %.1f GiB (peak %.1f)", it + 1, first_s,
+                         "" if peak_dev is None else f"; peak device memory {peak_dev:.2f} GiB",
+                         memory.rss_gb() or 0.0, memory.peak_rss_gb() or 0.0)
                 t_last, n_since = time.time(), 0
             else:
                 n_since += 1

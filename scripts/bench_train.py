@@ -110,6 +110,9 @@ def main(argv):
         config.model.num_blocks = f.blocks
     mesh, step, state, data, info = build(config, f.devices, f.compile_only)
     cfg, batch, flops, ndev = info["cfg"], info["batch"], info["flops"], mesh.size
+    # host resident memory (GiB) as the run goes: what the offloaded state, the pinned-host allocator and the
+    # process each take
+    host_rss = {"state_built": memory_lib.rss_gb(), "state_built_peak": memory_lib.peak_rss_gb()}
     with sharding.activate(mesh):
         t0 = time.perf_counter()
         compiled = step.lower(state, data, jax.random.key(0)).compile()
@@ -119,7 +122,9 @@ def main(argv):
             import gzip
             with gzip.open(f.dump_hlo, "wt") as fh:
                 fh.write(compiled.as_text())
-        print(json.dumps({"blocks": cfg.num_blocks, "compile_s": round(compile_s, 1), **memory}), flush=True)
+        host_rss["compiled"] = memory_lib.rss_gb()
+        print(json.dumps({"blocks": cfg.num_blocks, "compile_s": round(compile_s, 1), **memory,
+                          "host_rss_gib": host_rss}), flush=True)
         if f.compile_only:
             return
         times = []
@@ -128,7 +133,9 @@ def main(argv):
             state, m = compiled(state, data, jax.random.key(i))
             jax.block_until_ready(m["loss"])
             times.append(time.perf_counter() - t)
-            print(f"step {i}: {times[-1]:.3f} s, loss {float(m['loss']):.6f}", flush=True)  # a run cut short shows
+            host_rss[f"step_{i}"] = memory_lib.rss_gb()
+            print(f"step {i}: {times[-1]:.3f} s, loss {float(m['loss']):.6f}, host RSS {host_rss[f'step_{i}']:.1f} GiB",
+                  flush=True)  # a run cut short shows
     step_time = statistics.median(times[1:])
     mesh_sizes = {k: int(v) for k, v in mesh.shape.items()}
     suffix = "" if ndev == 1 else "_" + "-".join(f"{k}{v}" for k, v in mesh_sizes.items() if v > 1)
@@ -153,7 +160,7 @@ def main(argv):
         "offload_overlap": bool(config.get("offload_overlap")), "offload_prefetch": config.get("offload_prefetch", 1),
         "peak_host_rss_gb": memory_lib.peak_rss_gb(),
         "loss": float(m["loss"]), "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "host_memory_limit_gb": os.environ.get(offload.HOST_LIMIT_VAR),
+        "host_memory_limit_gb": os.environ.get(offload.HOST_LIMIT_VAR), "host_rss_gib": host_rss,
         "num_processes": jax.process_count(),
     }
     if jax.process_index() != 0:
