@@ -44,6 +44,12 @@ def computations(hlo: str) -> dict[str, list[str]]:
     return comps
 
 
+def loop_bodies(hlo: str) -> dict[str, list[str]]:
+    """The while-loop bodies' instruction lines, in order, by computation name."""
+    comps = computations(hlo)
+    return {name: comps.get(name, []) for name in sorted(set(re.findall(r"\bbody=%?([\w.\-]+)", hlo)))}
+
+
 def token(line: str) -> str:
     """One instruction's class: H:<op>[~qN], C, or '.'."""
     m = _INSTR.match(line)
@@ -67,11 +73,9 @@ def compress(tokens: list[str]) -> str:
 
 
 def report(hlo: str) -> list[str]:
-    comps = computations(hlo)
-    bodies = set(re.findall(r"\bbody=%?([\w.\-]+)", hlo))
     lines = []
-    for name in sorted(bodies):
-        tokens = [token(x) for x in comps.get(name, [])]
+    for name, body in loop_bodies(hlo).items():
+        tokens = [token(x) for x in body]
         hosts = [t for t in tokens if t.startswith("H:")]
         if hosts:
             lines.append(f"{name}: {len(tokens)} instructions, {len(hosts)} touch host memory, "

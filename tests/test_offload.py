@@ -2,7 +2,6 @@
 losses and weights as the plain step, on one device and on an fsdp mesh, with a checkpoint round trip."""
 
 import os
-import re
 
 import jax
 import numpy as np
@@ -15,6 +14,7 @@ from cosmos_jax import train_state as ts
 from cosmos_jax.models import build
 from cosmos_jax.weights import checkpoint, tree
 from cosmos_jax.weights import tokenizer as tok
+from scripts import hlo_host_copies
 
 BOTH = ("opt_state", "ema")
 
@@ -125,14 +125,8 @@ def test_the_update_keeps_no_second_copy_of_the_offloaded_state():
 def loop_copies(hlo: str, shapes: set[str]) -> list[str]:
     """The `copy` instructions, inside while-loop bodies of the optimized HLO, of arrays shaped like one of `shapes`
     (e.g. "f32[8,128,384]"): XLA's copy of a whole stacked buffer in every iteration of a block loop."""
-    bodies = set(re.findall(r"body=%?([\w.\-]+)", hlo))
-    out, comp = [], None
-    for line in hlo.splitlines():
-        if m := re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$", line):
-            comp = m.group(1)
-        elif comp in bodies and " copy(" in line and any(f"= {s}{{" in line for s in shapes):
-            out.append(line.strip()[:160])
-    return out
+    return [line.strip()[:160] for body in hlo_host_copies.loop_bodies(hlo).values() for line in body
+            if " copy(" in line and any(f"= {s}{{" in line for s in shapes)]
 
 
 @pytest.mark.parametrize("overlap,prefetch", [(False, 1), (True, 1), (True, 2)])
