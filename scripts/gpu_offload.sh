@@ -10,6 +10,7 @@
 #          and without offload: the cost of streaming
 #   full   the 28-block 7B, moments + EMA offloaded with offload_overlap, remat full: step time, MFU, device and host
 #          peaks;  fullattn  the same with remat attention_outside (the attention's residuals kept: ~2 GB a block)
+#   sliceplain / sliceovl  slice's remat-full runs one at a time (no offload / moments + EMA with offload_overlap)
 #   sliceopt / fullopt  the 6-block slice / the 7B with offload_overlap and the moments alone offloaded (the EMA
 #          on the device: a third less to copy, if it fits)
 #   slicep2 / fullp2  the 6-block slice / the 7B with config.offload_prefetch=2 (block i + 2 fetched while blocks i
@@ -69,6 +70,10 @@ for s in $STAGES; do
       bench full_overlap 290 --steps 3 --config.remat=full "$OFF" $OVL ;;
     fullattn)
       bench full_overlap_attn 290 --steps 3 --config.remat=attention_outside "$OFF" $OVL ;;
+    sliceplain)  # the baseline alone (remat full, no offload), for a card that ran no `slice` stage
+      bench slice_plain_full 150 --blocks 6 --steps 5 --config.remat=full ;;
+    sliceovl)  # slice's offloaded run alone (remat full, moments + EMA, offload_overlap)
+      bench slice_overlap 150 --blocks 6 --steps 5 --config.remat=full "$OFF" $OVL ;;
     sliceopt)
       bench slice_overlap_opt 150 --blocks 6 --steps 5 --config.remat=full "$OFF_OPT" $OVL ;;
     slicep2)
