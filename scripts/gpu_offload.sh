@@ -11,6 +11,7 @@
 #   full   the 28-block 7B, moments + EMA offloaded with offload_overlap, remat full: step time, MFU, device and host
 #          peaks;  fullattn  the same with remat attention_outside (the attention's residuals kept: ~2 GB a block)
 #   sliceplain / sliceovl  slice's remat-full runs one at a time (no offload / moments + EMA with offload_overlap)
+#   slicepipe / hlopipe  sliceovl / hlo with XLA_FLAGS --xla_gpu_enable_pipelined_host_offloading=true
 #   sliceopt / fullopt  the 6-block slice / the 7B with offload_overlap and the moments alone offloaded (the EMA
 #          on the device: a third less to copy, if it fits)
 #   slicep2 / fullp2  the 6-block slice / the 7B with config.offload_prefetch=2 (block i + 2 fetched while blocks i
@@ -74,6 +75,14 @@ for s in $STAGES; do
       bench slice_plain_full 150 --blocks 6 --steps 5 --config.remat=full ;;
     sliceovl)  # slice's offloaded run alone (remat full, moments + EMA, offload_overlap)
       bench slice_overlap 150 --blocks 6 --steps 5 --config.remat=full "$OFF" $OVL ;;
+    slicepipe)  # sliceovl with XLA's pipelined host offloading (copies moved to the loop's neighbouring iterations)
+      XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_pipelined_host_offloading=true" bench slice_overlap_pipe 150 \
+        --blocks 6 --steps 5 --config.remat=full "$OFF" $OVL --name slice_overlap_pipe ;;
+    hlopipe)  # the hlo stage's step compiled with pipelined host offloading
+      XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_pipelined_host_offloading=true" bench hlo_overlap_pipe 150 \
+        --blocks 2 --compile_only --config.remat=full "$OFF" $OVL --dump_hlo "$LOGS/step_overlap_pipe.hlo.txt.gz"
+      python3 scripts/hlo_host_copies.py "$LOGS/step_overlap_pipe.hlo.txt.gz" 2>&1 | cut -c1-1500 \
+        | tee -a "$LOGS/offload.log" ;;
     sliceopt)
       bench slice_overlap_opt 150 --blocks 6 --steps 5 --config.remat=full "$OFF_OPT" $OVL ;;
     slicep2)
