@@ -11,7 +11,7 @@
 #   full   the 28-block 7B, moments + EMA offloaded with offload_overlap, remat full: step time, MFU, device and host
 #          peaks;  fullattn  the same with remat attention_outside (the attention's residuals kept: ~2 GB a block)
 #   sliceplain / sliceovl  slice's remat-full runs one at a time (no offload / moments + EMA with offload_overlap)
-#   slicepipe / hlopipe  sliceovl / hlo with XLA_FLAGS --xla_gpu_enable_pipelined_host_offloading=true
+#   slicepipe / fullpipe / hlopipe  sliceovl / full / hlo with XLA_FLAGS --xla_gpu_enable_pipelined_host_offloading=true
 #   sliceopt / fullopt  the 6-block slice / the 7B with offload_overlap and the moments alone offloaded (the EMA
 #          on the device: a third less to copy, if it fits)
 #   slicep2 / fullp2  the 6-block slice / the 7B with config.offload_prefetch=2 (block i + 2 fetched while blocks i
@@ -78,6 +78,9 @@ for s in $STAGES; do
     slicepipe)  # sliceovl with XLA's pipelined host offloading (copies moved to the loop's neighbouring iterations)
       XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_pipelined_host_offloading=true" bench slice_overlap_pipe 150 \
         --blocks 6 --steps 5 --config.remat=full "$OFF" $OVL --name slice_overlap_pipe ;;
+    fullpipe)  # full with XLA's pipelined host offloading
+      XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_pipelined_host_offloading=true" bench full_overlap_pipe 290 \
+        --steps 3 --config.remat=full "$OFF" $OVL --name full_overlap_pipe ;;
     hlopipe)  # the hlo stage's step compiled with pipelined host offloading
       XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_pipelined_host_offloading=true" bench hlo_overlap_pipe 150 \
         --blocks 2 --compile_only --config.remat=full "$OFF" $OVL --dump_hlo "$LOGS/step_overlap_pipe.hlo.txt.gz"
