@@ -56,16 +56,18 @@ def compiled_memory_gib(compiled) -> dict:
     return {k: round(v, 3) for k, v in out.items()}
 
 
-def build(config, devices: int = 0, compile_only: bool = False):
+def build(config, devices=0, compile_only: bool = False):
     """(mesh, jitted step, state, batch, info) for synthetic latents of the config's shape on the first `devices`
-    devices (0 = all); `compile_only`: the state is its abstract shapes. Call and trace the step under
-    `sharding.activate(mesh)`."""
+    devices (0 = all; or a list of devices, e.g. a GPU topology's for scripts/aot_hlo.py); `compile_only`: the
+    state and the batch are their abstract shapes. Call and trace the step under `sharding.activate(mesh)`."""
     from cosmos_jax import offload_overlap, optim, sharding
     from cosmos_jax import step as step_lib
     from cosmos_jax import train_state as ts
     from cosmos_jax.models import build as build_lib
 
-    mesh = sharding.make_mesh(config.mesh, devices=jax.devices()[:devices] if devices else None)
+    if isinstance(devices, int):
+        devices = jax.devices()[:devices] if devices else None
+    mesh = sharding.make_mesh(config.mesh, devices=devices)
     dp = mesh.shape["data"] * mesh.shape["fsdp"]
     batch = config.batch_size or dp
     views = config.data.sample_n_views
@@ -87,7 +89,10 @@ def build(config, devices: int = 0, compile_only: bool = False):
     batch_sh = sharding.batch_sharding(mesh, leading_axes=1)
     rank, count = sharding.data_rank(mesh, batch)  # this process's rows (all of them with one process)
     rows = slice(rank * (batch // count), (rank + 1) * (batch // count))
-    data = sharding.put_batch({k: v[:, rows] for k, v in host.items()}, batch_sh, batch)
+    if compile_only:
+        data = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh) for k, v in host.items()}
+    else:
+        data = sharding.put_batch({k: v[:, rows] for k, v in host.items()}, batch_sh, batch)
     step = step_lib.jit_train_step(shardings, batch_sh, graphdef=graphdef, tx_parts=optim.parts(config),
                                    cfg=step_lib.StepConfig.from_config(config), tokenizer=None)
     flops = model_flops_per_sample(cfg, views, t_lat, h_lat, w_lat) * batch
@@ -115,7 +120,7 @@ def main(argv):
     host_rss = {"state_built": memory_lib.rss_gb(), "state_built_peak": memory_lib.peak_rss_gb()}
     with sharding.activate(mesh):
         t0 = time.perf_counter()
-        compiled = step.lower(state, data, jax.random.key(0)).compile()
+        compiled = step.lower(state, data, jax.eval_shape(lambda: jax.random.key(0))).compile()
         compile_s = time.perf_counter() - t0
         memory = compiled_memory_gib(compiled)
         if f.dump_hlo:  # the optimized HLO, e.g. to see which host-memory copies XLA inserted
@@ -127,16 +132,22 @@ def main(argv):
                           "host_rss_gib": host_rss}), flush=True)
         if f.compile_only:
             return
+        if f.pgle:  # JAX's profile-guided latency estimation: the first --pgle calls run profiled, then the step is
+            # compiled again with the measured kernel and copy times for XLA's scheduler (jitted calls, not the AOT
+            # executable above)
+            jax.config.update("jax_enable_pgle", True)
+            jax.config.update("jax_pgle_profiling_runs", f.pgle)
+        run = step if f.pgle else compiled
         times = []
         for i in range(f.steps):
             t = time.perf_counter()
-            state, m = compiled(state, data, jax.random.key(i))
+            state, m = run(state, data, jax.random.key(i))
             jax.block_until_ready(m["loss"])
             times.append(time.perf_counter() - t)
             host_rss[f"step_{i}"] = memory_lib.rss_gb()
             print(f"step {i}: {times[-1]:.3f} s, loss {float(m['loss']):.6f}, host RSS {host_rss[f'step_{i}']:.1f} GiB",
                   flush=True)  # a run cut short shows
-    step_time = statistics.median(times[1:])
+    step_time = statistics.median(times[1 + f.pgle:])  # after the warm-up (and PGLE's profiled runs + recompile)
     mesh_sizes = {k: int(v) for k, v in mesh.shape.items()}
     suffix = "" if ndev == 1 else "_" + "-".join(f"{k}{v}" for k, v in mesh_sizes.items() if v > 1)
     result = {
@@ -144,7 +155,8 @@ def main(argv):
                            + ("_offload-" + "-".join(config.offload) if config.offload else "")
                            + ("_overlap" if config.get("offload_overlap") else "")
                            + (f"_prefetch{config.offload_prefetch}" if config.get("offload_overlap")
-                              and config.get("offload_prefetch", 1) != 1 else "") + suffix),
+                              and config.get("offload_prefetch", 1) != 1 else "") + ("_pgle" if f.pgle else "")
+                           + suffix),
         "mode": "lora" if cfg.lora_rank else "full",
         "num_devices": ndev, "card": jax.devices()[0].device_kind, "date": datetime.date.today().isoformat(),
         "command": " ".join(["python", "scripts/bench_train.py", *sys.argv[1:]]),
@@ -161,7 +173,7 @@ def main(argv):
         "peak_host_rss_gb": memory_lib.peak_rss_gb(),
         "loss": float(m["loss"]), "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "host_memory_limit_gb": os.environ.get(offload.HOST_LIMIT_VAR), "host_rss_gib": host_rss,
-        "num_processes": jax.process_count(),
+        "num_processes": jax.process_count(), "pgle_profiling_runs": f.pgle,
     }
     if jax.process_index() != 0:
         return
@@ -179,4 +191,6 @@ if __name__ == "__main__":
     flags.DEFINE_bool("compile_only", False, "print the compiled step's memory analysis and stop (no state made)")
     flags.DEFINE_string("out", "bench/results", "output folder")
     flags.DEFINE_string("dump_hlo", "", "write the compiled step's optimized HLO here (gzip text)")
+    flags.DEFINE_integer("pgle", 0, "profile-guided latency estimation: profile this many steps, then recompile "
+                         "(0 = off); --steps must leave at least two steps after them")
     app.run(main)

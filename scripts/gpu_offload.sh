@@ -11,6 +11,8 @@
 #   full   the 28-block 7B, moments + EMA offloaded with offload_overlap, remat full: step time, MFU, device and host
 #          peaks;  fullattn  the same with remat attention_outside (the attention's residuals kept: ~2 GB a block)
 #   sliceplain / sliceovl  slice's remat-full runs one at a time (no offload / moments + EMA with offload_overlap)
+#   slicepgle  sliceovl with JAX's profile-guided latency estimation (bench_train.py --pgle 2): XLA's scheduler
+#          otherwise costs every host copy alike and a fused GEMM at almost nothing (scripts/aot_hlo.py)
 #   slicepipe / fullpipe / hlopipe  sliceovl / full / hlo with XLA_FLAGS --xla_gpu_enable_pipelined_host_offloading=true
 #   sliceopt / fullopt  the 6-block slice / the 7B with offload_overlap and the moments alone offloaded (the EMA
 #          on the device: a third less to copy, if it fits)
@@ -75,6 +77,8 @@ for s in $STAGES; do
       bench slice_plain_full 150 --blocks 6 --steps 5 --config.remat=full ;;
     sliceovl)  # slice's offloaded run alone (remat full, moments + EMA, offload_overlap)
       bench slice_overlap 150 --blocks 6 --steps 5 --config.remat=full "$OFF" $OVL ;;
+    slicepgle)  # sliceovl with JAX's profile-guided latency estimation (2 profiled steps, then recompiled)
+      bench slice_overlap_pgle 200 --blocks 6 --steps 6 --config.remat=full "$OFF" $OVL --pgle 2 ;;
     slicepipe)  # sliceovl with XLA's pipelined host offloading (copies moved to the loop's neighbouring iterations)
       XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_pipelined_host_offloading=true" bench slice_overlap_pipe 150 \
         --blocks 6 --steps 5 --config.remat=full "$OFF" $OVL --name slice_overlap_pipe ;;
