@@ -5,9 +5,12 @@ With `config.offload` alone the update follows the backward pass: the clip needs
 so nothing is left to compute while 28 blocks of moments and EMA cross the PCIe bus (6-block slice, H100: +97 %
 step time, scripts/gpu_offload.sh). Here step n ends with its clipped gradients kept on the device (`pending`);
 step n + 1's forward pass runs the blocks in a loop that, for block i, brings block i + d's moments and EMA to the
-device (d = `config.offload_prefetch`, 1 or 2: the copies get d blocks of compute, for d - 1 more blocks of them on
-the device), applies step n's AdamW + EMA to block i (the same `offload.piece` as the plain offloaded update), writes
-them back to host memory in place, and then runs block i with its new weights. The backward pass (a
+device (d = `config.offload_prefetch`: 1 or 2, the copies get d blocks of compute, for d - 1 more blocks of them on
+the device; 0, block i's own at the top of its iteration: the fetch then waits for no write-back, and the write-back
+can run under the block's compute, which a fetch that reads the buffer after the write keeps from happening:
+scripts/bench_transfer.py's loop variants, README), applies step n's AdamW + EMA to block i (the same
+`offload.piece` as the plain offloaded update), writes them back to host memory in place, and then runs block i
+with its new weights. The backward pass (a
 `jax.custom_vjp`) recomputes each block from its saved input (remat `full`), or reuses the residuals the forward
 pass kept of each block (remat `attention_outside`: the attention's inputs, output and statistics), and returns the
 gradients with respect to the new weights. The tensors outside the blocks take their pending update before the
@@ -40,8 +43,8 @@ _ACTIVE: contextvars.ContextVar = contextvars.ContextVar("offload_overlap", defa
 def check(enabled: bool, parts, grad_accum: int, lora: bool, prefetch=1) -> bool:
     if not enabled:
         return False
-    if not isinstance(prefetch, int) or isinstance(prefetch, bool) or prefetch < 1:
-        raise ValueError(f"config.offload_prefetch={prefetch!r}: expected an integer >= 1 (blocks whose moments and "
+    if not isinstance(prefetch, int) or isinstance(prefetch, bool) or prefetch < 0:
+        raise ValueError(f"config.offload_prefetch={prefetch!r}: expected an integer >= 0 (blocks whose moments and "
                          "EMA are fetched ahead in the forward pass)")
     if not parts:
         raise ValueError("config.offload_overlap=True needs config.offload (the parts in host memory to stream)")
@@ -222,7 +225,12 @@ def _forward(static: _Static, p_all, frozen, x, ctx, pend):
 
     def body(i, carry):
         x, p_all, m_all, e_all, saved, ahead = carry
-        (m_i, e_i), ahead = ahead[0], ahead[1:]
+        if u.prefetch:
+            (m_i, e_i), ahead = ahead[0], ahead[1:]
+        else:  # block i's own, read here: no read of the buffer waits for a write-back to land. (The GPU compile
+            # reads it into a device buffer and writes back in place, scripts/aot_hlo.py; the CPU's, where the
+            # read is no copy, copies the whole stacked buffers instead: a GPU setting)
+            m_i, e_i = fetch(m_all, e_all, i)
         keep = jnp.logical_not(valid)
         p, _, m, _ = offload.piece(offload._take(grads, i), offload._take(p_all, i), skeleton, m_i, None,
                                    adamw=u.adamw, ema_beta=None, host_opt=hosted_m, host_ema=hosted_e, keep=keep)
@@ -233,7 +241,8 @@ def _forward(static: _Static, p_all, frozen, x, ctx, pend):
             e_all = offload._put(e_all, offload.ema_piece(e_i, p, beta, host_ema=hosted_e, keep=keep), i)
         # block i + d's moments and EMA (d = u.prefetch), read from the buffers as just written (offload.update
         # says why), while blocks i .. i + d - 1 compute
-        ahead = (*ahead, fetch(m_all, e_all, jnp.minimum(i + u.prefetch, n - 1)))
+        if u.prefetch:
+            ahead = (*ahead, fetch(m_all, e_all, jnp.minimum(i + u.prefetch, n - 1)))
         if static.keep_residuals:
             x, vjp = _block_vjp(static, p, offload._take(frozen, i), x, ctx)
             saved = [offload._put(a, b, i) for a, b in zip(saved, jax.tree.leaves(vjp), strict=True)]

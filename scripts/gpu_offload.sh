@@ -18,6 +18,8 @@
 #          on the device: a third less to copy, if it fits)
 #   slicep2 / fullp2  the 6-block slice / the 7B with config.offload_prefetch=2 (block i + 2 fetched while blocks i
 #          and i + 1 compute)
+#   slicep0 / fullp0  the 6-block slice / the 7B with config.offload_prefetch=0 (block i's own moments and EMA read
+#          at the top of its iteration: the write-backs can then run under the block's compute)
 #   lora   LoRA r16 of the 7B with remat attention_outside (no offload)
 #   train  python -m cosmos_jax.train --config=configs/waymo_1gpu.py (the user's command) on synthetic clips at the
 #          seed shape, stopped with Ctrl-C (SIGINT) once step 2 is logged: a 7B full checkpoint (~108 GB) does not
@@ -94,6 +96,10 @@ for s in $STAGES; do
       bench slice_overlap_opt 150 --blocks 6 --steps 5 --config.remat=full "$OFF_OPT" $OVL ;;
     slicep2)
       bench slice_overlap_p2 150 --blocks 6 --steps 5 --config.remat=full "$OFF" $OVL --config.offload_prefetch=2 ;;
+    slicep0)  # block i's moments and EMA read at the top of its own iteration (config.offload_prefetch=0)
+      bench slice_overlap_p0 150 --blocks 6 --steps 5 --config.remat=full "$OFF" $OVL --config.offload_prefetch=0 ;;
+    fullp0)
+      bench full_overlap_p0 290 --steps 3 --config.remat=full "$OFF" $OVL --config.offload_prefetch=0 ;;
     fullp2)
       bench full_overlap_p2 290 --steps 3 --config.remat=full "$OFF" $OVL --config.offload_prefetch=2 ;;
     fullopt)

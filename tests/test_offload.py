@@ -133,7 +133,9 @@ def loop_copies(hlo: str, shapes: set[str]) -> list[str]:
 def test_the_block_loops_copy_no_stacked_buffer(overlap, prefetch):
     """Each block is read from the stacked params/moments/EMA, and written back, with no reader of the old block
     after the write: otherwise XLA copies the whole stacked buffer in every iteration (an H100 step of the 6-block
-    slice, with the next block fetched before the write, did not finish in 2 minutes)."""
+    slice, with the next block fetched before the write, did not finish in 2 minutes). Not for offload_prefetch=0
+    (block i read and written back in one iteration): the CPU compile copies there, the GPU compile does not
+    (read from `python scripts/aot_hlo.py ... --config.offload_prefetch=0`)."""
     mesh = sharding.one_device_mesh()
     c = tiny(BOTH)
     c.model.update(dict(num_blocks=8, model_channels=64))

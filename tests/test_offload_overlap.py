@@ -62,7 +62,7 @@ def plain_config(remat="full"):
     return c
 
 
-@pytest.mark.parametrize("fsdp,remat,prefetch", [(1, "attention_outside", 1), (2, "full", 2)])
+@pytest.mark.parametrize("fsdp,remat,prefetch", [(1, "attention_outside", 1), (2, "full", 2), (1, "full", 0)])
 def test_overlapped_steps_match_the_plain_step(fsdp, remat, prefetch):
     mesh = sharding.make_mesh((("data", 1), ("fsdp", fsdp), ("context", 1)), devices=jax.devices()[:fsdp])
     plain, plain_losses, _, _ = run(plain_config(remat), mesh)
@@ -91,7 +91,7 @@ def test_the_update_waits_for_the_next_step():
 @pytest.mark.parametrize("edit,msg", [(dict(offload=()), "needs config.offload"),
                                       (dict(grad_accum=2), "needs grad_accum=1"),
                                       (dict(lora=True), "for full fine-tuning"),
-                                      (dict(prefetch=0), "offload_prefetch=0: expected an integer >= 1")])
+                                      (dict(prefetch=-1), "offload_prefetch=-1: expected an integer >= 0")])
 def test_bad_overlap_configs(edit, msg):
     c = overlap_config(prefetch=edit.get("prefetch", 1))
     c.offload = edit.get("offload", c.offload)
