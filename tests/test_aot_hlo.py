@@ -2,7 +2,7 @@
 state's host memory kind (the GPU compile itself, and the cuDNN attention it lowers by default, need JAX's CUDA
 plugin, which CI does not install)."""
 
-import jax
+import pytest
 
 from scripts import aot_hlo
 from tests.test_offload import BOTH, tiny
@@ -31,10 +31,5 @@ def test_auto_attention_is_lowered_as_on_a_gpu():
 
 
 def test_unknown_target_names_the_known_ones():
-    try:
+    with pytest.raises(ValueError, match=r"--target='a100': expected one of \['h100', 'h200'\]"):
         aot_hlo.topology_devices("a100")
-    except ValueError as e:
-        assert "h100" in str(e) and "h200" in str(e)
-    else:
-        raise AssertionError("expected a ValueError")
-    assert jax.devices()[0].platform == "cpu"
