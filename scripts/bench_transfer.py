@@ -11,7 +11,9 @@ three host buffers (Adam's mu, nu and the EMA, --gib each), each block brought t
 device-resident gradient, written back in place; without and with the next block fetched one iteration ahead, with
 a chain of matmuls per block (the blocks' compute, also timed alone), and the same inside a `jax.custom_vjp` under
 `jax.value_and_grad` (as the train step runs it); and the loop unrolled in Python (static block indices), on the
-stacked buffers and on one host array per block. HLO_DIR=DIR writes each variant's compiled HLO there.
+stacked buffers and on one host array per block; and the buffers split by block parity (two blocks an iteration:
+each block's write-back and the next block's read hit different buffers). HLO_DIR=DIR writes each variant's
+compiled HLO there.
 """
 
 from __future__ import annotations
@@ -166,6 +168,35 @@ def loop_patterns(dev, n, reps, blocks=8):
         f = jax.jit(functools.partial(unrolled_loop, separate=separate), donate_argnums=0,
                     out_shardings=([on_host] * len(ins), on_dev))
         _variant(out, name, f, ins, len(ins), grads, y0, reps)
+    def parity_loop(bs, g, y):
+        """The stacked buffers split by block parity (even blocks' 3 buffers, then odd blocks'), two blocks an
+        iteration: block 2j is written into the even buffers while block 2j + 1 is read from the odd ones, and the
+        other way round in the second half, so no read waits for a write into the same buffer; barriers keep each
+        read's result after the compute it should run beside."""
+        even, odd = bs[:3], bs[3:]
+
+        def body(j, carry):
+            even, odd, cur, y = carry
+            nxt = fetch(odd, j)  # block 2j + 1, while block 2j computes
+            new = [b * 0.9 + take(g, 2 * j) * 0.1 for b in cur]
+            even = [jax.lax.dynamic_update_index_in_dim(b, jax.device_put(v, host_space), j, 0)
+                    for b, v in zip(even, new, strict=True)]
+            y = compute(y)
+            cur, y = jax.lax.optimization_barrier((nxt, y))
+            nxt = fetch(even, jnp.minimum(j + 1, blocks // 2 - 1))  # block 2j + 2, while block 2j + 1 computes
+            new = [b * 0.9 + take(g, 2 * j + 1) * 0.1 for b in cur]
+            odd = [jax.lax.dynamic_update_index_in_dim(b, jax.device_put(v, host_space), j, 0)
+                   for b, v in zip(odd, new, strict=True)]
+            y = compute(y)
+            nxt, y = jax.lax.optimization_barrier((nxt, y))
+            return even, odd, nxt, y
+        even, odd, _, y = jax.lax.fori_loop(0, blocks // 2, body, (even, odd, fetch(even, 0), y))
+        return [*even, *odd], y
+
+    halves = [jax.device_put(jnp.full((blocks // 2, n // blocks), float(k), jnp.float32), on_host)
+              for _ in (0, 1) for k in range(3)]
+    f = jax.jit(parity_loop, donate_argnums=0, out_shardings=([on_host] * 6, on_dev))
+    _variant(out, "3buf_parity_compute", f, halves, 6, grads, y0, reps)
     c = jax.jit(compute)
     out["compute_alone"] = timed(c, y0, reps=reps)
 
