@@ -65,7 +65,10 @@ def compile_for(lowered, devices):
     from jax._src import compiler
     from jax._src.lib import _jax
 
-    options = compiler.get_compile_options(num_replicas=1, num_partitions=len(devices), device_assignment=devices)
+    import numpy as np
+
+    assignment = np.asarray(devices, dtype=object).reshape(1, len(devices))  # one replica, a partition per device
+    options = compiler.get_compile_options(num_replicas=1, num_partitions=len(devices), device_assignment=assignment)
     return devices[0].client.compile(lowered.compiler_ir("stablehlo"),
                                      executable_devices=_jax.DeviceList(tuple(devices)), compile_options=options)
 
