@@ -62,10 +62,9 @@ def compile_for(lowered, devices):
     """The executable of `lowered` (traced and lowered on this machine's CPU devices, for the cuda platform)
     compiled by the GPU target's compile-only client. Lowering on the CPU keeps the host memory kinds (the
     compile-only devices have no memories, so JAX drops a sharding's `pinned_host` on them)."""
+    import numpy as np
     from jax._src import compiler
     from jax._src.lib import _jax
-
-    import numpy as np
 
     assignment = np.asarray(devices, dtype=object).reshape(1, len(devices))  # one replica, a partition per device
     options = compiler.get_compile_options(num_replicas=1, num_partitions=len(devices), device_assignment=assignment)
