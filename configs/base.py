@@ -52,7 +52,8 @@ def get_config() -> ml_collections.ConfigDict:
     # the blocks are rematerialised in full, or with remat attention_outside around the kept attention).
     c.offload_overlap = False
     # With offload_overlap: blocks whose moments and EMA are fetched ahead (1, or 2: each block's copies get two
-    # blocks of compute to hide behind, for one more block of them on the device).
+    # blocks of compute to hide behind, for one more block of them on the device; 0: each block's own, read at the
+    # top of its iteration, so that its write-back can run under its compute).
     c.offload_prefetch = 1
     c.tokenizer = ml_collections.ConfigDict(dict(
         name="cosmos", checkpoint_dir="checkpoints/Cosmos-Tokenize1-CV8x8x8-720p", pixel_chunk_duration=57,

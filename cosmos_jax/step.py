@@ -52,6 +52,7 @@ class StepConfig:
         if corruption not in ("noise_with_sigma", "none"):
             raise ValueError(f"conditioning.apply_corruption_to_condition_region={corruption!r}: expected "
                              "'noise_with_sigma' or 'none'")
+        prefetch = c.get("offload_prefetch", 1)
         return cls(sigma_data=c.diffusion.sigma_data, p_mean=c.diffusion.p_mean, p_std=c.diffusion.p_std,
                    loss_add_logvar=c.diffusion.loss_add_logvar, condition_location=cd.condition_location,
                    random_n_max=cd.first_random_n_num_condition_t_max, augment=corruption == "noise_with_sigma",
@@ -61,8 +62,8 @@ class StepConfig:
                    ema_gamma=ema_lib.power_gamma(c.ema.s),
                    offload=offload.check(c.offload, c.model.scan_blocks),
                    overlap=offload_overlap.check(c.get("offload_overlap", False), c.offload, c.grad_accum,
-                                                 c.lora.rank > 0, c.get("offload_prefetch", 1)),
-                   prefetch=c.get("offload_prefetch", 1))
+                                                 c.lora.rank > 0, prefetch),
+                   prefetch=prefetch)
 
 
 def latents_of(batch, tokenizer):

@@ -24,7 +24,7 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from scripts import hlo_host_copies  # noqa: E402
-from scripts.bench_train import build  # noqa: E402
+from scripts.bench_train import build, memory_stats_gib  # noqa: E402
 
 # What XLA reads of the card (xla/stream_executor/device_description.proto). Public figures: 132 SMs at 1.98 GHz
 # boost, 50 MiB L2; H100 SXM 3.35 TB/s and 80 GB, H200 4.8 TB/s and 141 GB (the memory sizes as each card reports
@@ -104,15 +104,12 @@ def main(argv):
     lowered, info = lower(config, f.devices)
     executable = compile_for(lowered, topology_devices(f.target, f.devices))
     hlo = "\n\n".join(m.to_string() for m in executable.hlo_modules())
-    stats = executable.get_compiled_memory_stats()  # per device, GiB
-    memory = {f"{k}_gib": round(getattr(stats, f"{k}_size_in_bytes") / 2**30, 3)
-              for k in ("argument", "output", "alias", "temp", "host_argument", "host_temp")}
+    memory = memory_stats_gib(executable.get_compiled_memory_stats())  # per device
     print(json.dumps({"target": f.target, "blocks": info["cfg"].num_blocks, **memory}))
     if f.dump:
         with (gzip.open(f.dump, "wt") if f.dump.endswith(".gz") else open(f.dump, "w")) as fh:
             fh.write(hlo)
-    lines = hlo_host_copies.report(hlo)
-    print("\n".join(lines) if lines else "no while body touches host memory")
+    print(hlo_host_copies.summary(hlo))
 
 
 if __name__ == "__main__":

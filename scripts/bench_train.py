@@ -47,7 +47,11 @@ def gemm_tflops(n: int = 8192, reps: int = 10) -> float:
 def compiled_memory_gib(compiled) -> dict:
     """The compiled step's memory analysis per device, GiB: device arguments / outputs / temporaries and the
     host-memory parts (config.offload)."""
-    ma = compiled.memory_analysis()
+    return memory_stats_gib(compiled.memory_analysis())
+
+
+def memory_stats_gib(ma) -> dict:
+    """XLA's compiled memory stats (per device) in GiB; {} where there are none."""
     if ma is None:
         return {}
     names = ("argument", "output", "alias", "temp")

@@ -103,6 +103,13 @@ def loop_patterns(dev, n, reps, blocks=8):
     def fetch(bs, i):
         return [jax.device_put(take(b, i), dev_space) for b in bs]
 
+    def updated(blk, g, i):  # block i's moments and EMA after a stand-in update
+        return [b * 0.9 + take(g, i) * 0.1 for b in blk]
+
+    def write_back(bs, new, i):  # block i's new values into the stacked host buffers, in place
+        return [jax.lax.dynamic_update_index_in_dim(b, jax.device_put(v, host_space), i, 0)
+                for b, v in zip(bs, new, strict=True)]
+
     def compute(y):  # COMPUTE_REPS x 0.27 TFLOP of matmuls
         return jax.lax.fori_loop(0, COMPUTE_REPS, lambda _, y: (y @ w).astype(jnp.bfloat16), y)
 
@@ -117,9 +124,7 @@ def loop_patterns(dev, n, reps, blocks=8):
                 cur, ahead = cur
             nxt = fetch(bs, jnp.minimum(i + 1, blocks - 1)) if prefetch == "before" else cur
             blk = cur if prefetch else fetch(bs, i)
-            new = [b * 0.9 + take(g, i) * 0.1 for b in blk]
-            bs = [jax.lax.dynamic_update_index_in_dim(b, jax.device_put(v, host_space), i, 0)
-                  for b, v in zip(bs, new, strict=True)]
+            bs = write_back(bs, updated(blk, g, i), i)
             if prefetch == "after":
                 nxt = fetch(bs, jnp.minimum(i + 1, blocks - 1))
             if prefetch == "after2":
@@ -168,6 +173,7 @@ def loop_patterns(dev, n, reps, blocks=8):
         f = jax.jit(functools.partial(unrolled_loop, separate=separate), donate_argnums=0,
                     out_shardings=([on_host] * len(ins), on_dev))
         _variant(out, name, f, ins, len(ins), grads, y0, reps)
+
     def parity_loop(bs, g, y):
         """The stacked buffers split by block parity (even blocks' 3 buffers, then odd blocks'), two blocks an
         iteration: block 2j is written into the even buffers while block 2j + 1 is read from the odd ones, and the
@@ -178,15 +184,11 @@ def loop_patterns(dev, n, reps, blocks=8):
         def body(j, carry):
             even, odd, cur, y = carry
             nxt = fetch(odd, j)  # block 2j + 1, while block 2j computes
-            new = [b * 0.9 + take(g, 2 * j) * 0.1 for b in cur]
-            even = [jax.lax.dynamic_update_index_in_dim(b, jax.device_put(v, host_space), j, 0)
-                    for b, v in zip(even, new, strict=True)]
+            even = write_back(even, updated(cur, g, 2 * j), j)
             y = compute(y)
             cur, y = jax.lax.optimization_barrier((nxt, y))
             nxt = fetch(even, jnp.minimum(j + 1, blocks // 2 - 1))  # block 2j + 2, while block 2j + 1 computes
-            new = [b * 0.9 + take(g, 2 * j + 1) * 0.1 for b in cur]
-            odd = [jax.lax.dynamic_update_index_in_dim(b, jax.device_put(v, host_space), j, 0)
-                   for b, v in zip(odd, new, strict=True)]
+            odd = write_back(odd, updated(cur, g, 2 * j + 1), j)
             y = compute(y)
             nxt, y = jax.lax.optimization_barrier((nxt, y))
             return even, odd, nxt, y

@@ -41,6 +41,10 @@ OFF='--config.offload=("opt_state","ema")'
 OFF_OPT='--config.offload=("opt_state",)'  # the EMA stays on the device: a third less to stream, if it fits
 OVL=--config.offload_overlap=True  # the update inside the next step's forward pass (cosmos_jax/offload_overlap.py)
 LORA=(--config.lora.rank=16 --config.lora.alpha=16 "--config.lora.targets=('to_q','to_k','to_v','to_out','layer1','layer2')")
+PIPE_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_pipelined_host_offloading=true"  # XLA moves loop copies to neighbours
+hlo_report() {  # where the host copies of a dumped step's loops run (scripts/hlo_host_copies.py), into the log
+  python3 scripts/hlo_host_copies.py "$1" 2>&1 | cut -c1-1500 | tee -a "$LOGS/offload.log"
+}
 bench() {  # name, timeout, args...
   local name=$1 limit=$2; shift 2
   echo "=== $name: $*" | tee -a "$LOGS/offload.log"
@@ -61,8 +65,7 @@ for s in $STAGES; do
     hlo)
       bench hlo_overlap 150 --blocks 2 --compile_only --config.remat=full "$OFF" $OVL \
         --dump_hlo "$LOGS/step_overlap_2blocks.hlo.txt.gz"
-      python3 scripts/hlo_host_copies.py "$LOGS/step_overlap_2blocks.hlo.txt.gz" 2>&1 | cut -c1-1500 \
-        | tee -a "$LOGS/offload.log" ;;
+      hlo_report "$LOGS/step_overlap_2blocks.hlo.txt.gz" ;;
     fit)
       bench fit_overlap 150 --compile_only --config.remat=full "$OFF" $OVL
       bench fit_overlap_opt 150 --compile_only --config.remat=full "$OFF_OPT" $OVL ;;
@@ -82,16 +85,15 @@ for s in $STAGES; do
     slicepgle)  # sliceovl with JAX's profile-guided latency estimation (2 profiled steps, then recompiled)
       bench slice_overlap_pgle 200 --blocks 6 --steps 6 --config.remat=full "$OFF" $OVL --pgle 2 ;;
     slicepipe)  # sliceovl with XLA's pipelined host offloading (copies moved to the loop's neighbouring iterations)
-      XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_pipelined_host_offloading=true" bench slice_overlap_pipe 150 \
-        --blocks 6 --steps 5 --config.remat=full "$OFF" $OVL --name slice_overlap_pipe ;;
+      XLA_FLAGS=$PIPE_FLAGS bench slice_overlap_pipe 150 --blocks 6 --steps 5 --config.remat=full "$OFF" $OVL \
+        --name slice_overlap_pipe ;;
     fullpipe)  # full with XLA's pipelined host offloading
-      XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_pipelined_host_offloading=true" bench full_overlap_pipe 290 \
-        --steps 3 --config.remat=full "$OFF" $OVL --name full_overlap_pipe ;;
+      XLA_FLAGS=$PIPE_FLAGS bench full_overlap_pipe 290 --steps 3 --config.remat=full "$OFF" $OVL \
+        --name full_overlap_pipe ;;
     hlopipe)  # the hlo stage's step compiled with pipelined host offloading
-      XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_pipelined_host_offloading=true" bench hlo_overlap_pipe 150 \
-        --blocks 2 --compile_only --config.remat=full "$OFF" $OVL --dump_hlo "$LOGS/step_overlap_pipe.hlo.txt.gz"
-      python3 scripts/hlo_host_copies.py "$LOGS/step_overlap_pipe.hlo.txt.gz" 2>&1 | cut -c1-1500 \
-        | tee -a "$LOGS/offload.log" ;;
+      XLA_FLAGS=$PIPE_FLAGS bench hlo_overlap_pipe 150 --blocks 2 --compile_only --config.remat=full "$OFF" $OVL \
+        --dump_hlo "$LOGS/step_overlap_pipe.hlo.txt.gz"
+      hlo_report "$LOGS/step_overlap_pipe.hlo.txt.gz" ;;
     sliceopt)
       bench slice_overlap_opt 150 --blocks 6 --steps 5 --config.remat=full "$OFF_OPT" $OVL ;;
     slicep2)

@@ -83,12 +83,17 @@ def report(hlo: str) -> list[str]:
     return lines
 
 
+def summary(hlo: str) -> str:
+    """`report` as text, or a line saying that no loop body touches host memory."""
+    lines = report(hlo)
+    return "\n".join(lines) if lines else "no while body touches host memory"
+
+
 def main(argv):
     if len(argv) != 2:
         print(__doc__, file=sys.stderr)
         return 2
-    lines = report(read(argv[1]))
-    print("\n".join(lines) if lines else "no while body touches host memory")
+    print(summary(read(argv[1])))
     return 0
 
 
