@@ -15,7 +15,8 @@
 #   cp -r /tmp/rig/heldout/{videos,rig} datasets/rig_learning_videos/heldout/
 #   device call: RIG_VIDEOS=datasets/rig_learning_videos bash scripts/gpu_learning.sh $OUT/rig  (carry .whl and it)
 # CLIPS=N: N training clips (default 16; the videos in RIG_VIDEOS must have been rendered with --clips N); the
-# held-out clips are the same for any N (each clip is a function of the seed and its index).
+# held-out clips are the same for any N (each clip is a function of the seed and its index). The third run (README):
+#   CLIPS=64 RIG_VIDEOS=datasets/rig_learning_videos64 TRAIN_LIMIT=280 EVAL_LIMIT=120 bash scripts/gpu_learning.sh OUT
 set -u
 OUT=${1:-bench/results/rig_learning}; shift || true
 WORK=${WORK:-/root/rig_learning}
