@@ -99,9 +99,6 @@ def main(argv):
     f = flags.FLAGS
     deviceless_env(f.devices)
     config = f.config
-    from cosmos_jax import offload_overlap
-
-    offload_overlap.set_xla_flags(config)  # as train and bench_train do
     if f.blocks:
         config.model.num_blocks = f.blocks
     lowered, info = lower(config, f.devices)

@@ -20,8 +20,6 @@
 #          and i + 1 compute)
 #   slicep0 / fullp0  the 6-block slice / the 7B with config.offload_prefetch=0 (block i's own moments and EMA read
 #          at the top of its iteration: the write-backs can then run under the block's compute)
-#   slicemid / fullmid  the 6-block slice / the 7B with config.offload_midblock_fetch (block i + 1's fetch ordered
-#          after block i's self-attention, the write-backs before it; XLA_FLAGS then lets the fetches run together)
 #   lora   LoRA r16 of the 7B with remat attention_outside (no offload)
 #   train  python -m cosmos_jax.train --config=configs/waymo_1gpu.py (the user's command) on synthetic clips at the
 #          seed shape, stopped with Ctrl-C (SIGINT) once step 2 is logged: a 7B full checkpoint (~108 GB) does not
@@ -104,10 +102,6 @@ for s in $STAGES; do
       bench slice_overlap_p0 150 --blocks 6 --steps 5 --config.remat=full "$OFF" $OVL --config.offload_prefetch=0 ;;
     fullp0)
       bench full_overlap_p0 290 --steps 3 --config.remat=full "$OFF" $OVL --config.offload_prefetch=0 ;;
-    slicemid)
-      bench slice_overlap_mid 150 --blocks 6 --steps 5 --config.remat=full "$OFF" $OVL --config.offload_midblock_fetch=True ;;
-    fullmid)
-      bench full_overlap_mid 290 --steps 3 --config.remat=full "$OFF" $OVL --config.offload_midblock_fetch=True ;;
     fullp2)
       bench full_overlap_p2 290 --steps 3 --config.remat=full "$OFF" $OVL --config.offload_prefetch=2 ;;
     fullopt)

@@ -46,12 +46,11 @@ def relative_errors(a, b):
     return out
 
 
-def overlap_config(parts=BOTH, remat="full", prefetch=1, midblock=False):
+def overlap_config(parts=BOTH, remat="full", prefetch=1):
     c = tiny(parts)
     c.offload_overlap = True
     c.remat = remat  # full: each block recomputed from its input; attention_outside: its vjp's residuals kept
     c.offload_prefetch = prefetch  # 2 on 3 blocks: the last fetch clamped to a block not yet written
-    c.offload_midblock_fetch = midblock  # the fetch ordered after the block's self-attention
     return c
 
 
@@ -63,12 +62,11 @@ def plain_config(remat="full"):
     return c
 
 
-@pytest.mark.parametrize("fsdp,remat,prefetch,midblock", [(1, "attention_outside", 1, False), (2, "full", 2, False),
-                                                          (1, "full", 0, False), (2, "full", 1, True)])
-def test_overlapped_steps_match_the_plain_step(fsdp, remat, prefetch, midblock):
+@pytest.mark.parametrize("fsdp,remat,prefetch", [(1, "attention_outside", 1), (2, "full", 2), (1, "full", 0)])
+def test_overlapped_steps_match_the_plain_step(fsdp, remat, prefetch):
     mesh = sharding.make_mesh((("data", 1), ("fsdp", fsdp), ("context", 1)), devices=jax.devices()[:fsdp])
     plain, plain_losses, _, _ = run(plain_config(remat), mesh)
-    over, losses = run_overlap(overlap_config(remat=remat, prefetch=prefetch, midblock=midblock), mesh)
+    over, losses = run_overlap(overlap_config(remat=remat, prefetch=prefetch), mesh)
     np.testing.assert_allclose(losses, plain_losses, rtol=1e-6)
     assert not bool(over["pending"]["valid"]) and int(over["opt_state"][1][0].count) == 3
     assert kinds(over["ema"]) == {"pinned_host"} and kinds(over["opt_state"]) == {"pinned_host"}
@@ -93,31 +91,12 @@ def test_the_update_waits_for_the_next_step():
 @pytest.mark.parametrize("edit,msg", [(dict(offload=()), "needs config.offload"),
                                       (dict(grad_accum=2), "needs grad_accum=1"),
                                       (dict(lora=True), "for full fine-tuning"),
-                                      (dict(prefetch=-1), "offload_prefetch=-1: expected an integer >= 0"),
-                                      (dict(prefetch=0, midblock=True), r"offload_prefetch >= 1 \(got 0\)"),
-                                      (dict(remat="attention_outside", midblock=True),
-                                       "a remat other than attention_outside")])
+                                      (dict(prefetch=-1), "offload_prefetch=-1: expected an integer >= 0")])
 def test_bad_overlap_configs(edit, msg):
-    c = overlap_config(prefetch=edit.get("prefetch", 1), remat=edit.get("remat", "full"),
-                       midblock=edit.get("midblock", False))
+    c = overlap_config(prefetch=edit.get("prefetch", 1))
     c.offload = edit.get("offload", c.offload)
     c.grad_accum = edit.get("grad_accum", 1)
     if edit.get("lora"):
         c.lora.rank = 4
     with pytest.raises(ValueError, match=msg):
         step_lib.StepConfig.from_config(c)
-
-
-def test_midblock_fetch_raises_xla_async_limit(monkeypatch):
-    """config.offload_midblock_fetch lets XLA keep a block's fetches in flight together (its default runs them one
-    at a time); a value the user set is kept, and nothing is added without the option."""
-    c = overlap_config(midblock=True)
-    monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_autotune_level=0")
-    flag = offload_overlap.set_xla_flags(c)
-    assert flag.startswith(offload_overlap.ASYNC_LIMIT_FLAG + "=")
-    import os
-    assert os.environ["XLA_FLAGS"] == f"--xla_gpu_autotune_level=0 {flag}"
-    monkeypatch.setenv("XLA_FLAGS", f"{offload_overlap.ASYNC_LIMIT_FLAG}=4")
-    assert offload_overlap.set_xla_flags(c) is None and os.environ["XLA_FLAGS"].endswith("=4")
-    monkeypatch.delenv("XLA_FLAGS")
-    assert offload_overlap.set_xla_flags(overlap_config()) is None and "XLA_FLAGS" not in os.environ
