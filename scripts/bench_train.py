@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import pathlib
 import statistics
 import sys
 import time
@@ -151,6 +152,15 @@ def main(argv):
             host_rss[f"step_{i}"] = memory_lib.rss_gb()
             print(f"step {i}: {times[-1]:.3f} s, loss {float(m['loss']):.6f}, host RSS {host_rss[f'step_{i}']:.1f} GiB",
                   flush=True)  # a run cut short shows
+        trace = None
+        if f.trace:  # one more step under JAX's profiler: how much of its copying ran under its kernels
+            from scripts import trace_overlap
+
+            with jax.profiler.trace(f.trace, create_perfetto_trace=True):
+                state, m = run(state, data, jax.random.key(f.steps))
+                jax.block_until_ready(m["loss"])
+            trace = trace_overlap.summary(trace_overlap.load(trace_overlap.find_trace(pathlib.Path(f.trace))))
+            print(json.dumps({"trace": trace}), flush=True)
     step_time = statistics.median(times[1 + f.pgle:])  # after the warm-up (and PGLE's profiled runs + recompile)
     mesh_sizes = {k: int(v) for k, v in mesh.shape.items()}
     suffix = "" if ndev == 1 else "_" + "-".join(f"{k}{v}" for k, v in mesh_sizes.items() if v > 1)
@@ -177,7 +187,7 @@ def main(argv):
         "peak_host_rss_gb": memory_lib.peak_rss_gb(),
         "loss": float(m["loss"]), "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "host_memory_limit_gb": os.environ.get(offload.HOST_LIMIT_VAR), "host_rss_gib": host_rss,
-        "num_processes": jax.process_count(), "pgle_profiling_runs": f.pgle,
+        "num_processes": jax.process_count(), "pgle_profiling_runs": f.pgle, "trace": trace,
     }
     if jax.process_index() != 0:
         return
@@ -195,6 +205,8 @@ if __name__ == "__main__":
     flags.DEFINE_bool("compile_only", False, "print the compiled step's memory analysis and stop (no state made)")
     flags.DEFINE_string("out", "bench/results", "output folder")
     flags.DEFINE_string("dump_hlo", "", "write the compiled step's optimized HLO here (gzip text)")
+    flags.DEFINE_string("trace", "", "profile one more step into this folder (jax.profiler, perfetto JSON) and report "
+                        "its copy time under kernels and alone (scripts/trace_overlap.py)")
     flags.DEFINE_integer("pgle", 0, "profile-guided latency estimation: profile this many steps, then recompile "
                          "(0 = off); --steps must leave at least two steps after them")
     app.run(main)

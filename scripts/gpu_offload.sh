@@ -20,6 +20,9 @@
 #          and i + 1 compute)
 #   slicep0 / fullp0  the 6-block slice / the 7B with config.offload_prefetch=0 (block i's own moments and EMA read
 #          at the top of its iteration: the write-backs can then run under the block's compute)
+#   slicetrace  the slice plain and with moments + EMA offloaded (offload_overlap), each with one more step under
+#          JAX's profiler (bench_train.py --trace): GPU time of kernels and copies, copies under kernels and alone
+#          (scripts/trace_overlap.py; the traces stay on the machine, their summary goes into the JSON)
 #   lora   LoRA r16 of the 7B with remat attention_outside (no offload)
 #   train  python -m cosmos_jax.train --config=configs/waymo_1gpu.py (the user's command) on synthetic clips at the
 #          seed shape, stopped with Ctrl-C (SIGINT) once step 2 is logged: a 7B full checkpoint (~108 GB) does not
@@ -98,6 +101,12 @@ for s in $STAGES; do
       bench slice_overlap_opt 150 --blocks 6 --steps 5 --config.remat=full "$OFF_OPT" $OVL ;;
     slicep2)
       bench slice_overlap_p2 150 --blocks 6 --steps 5 --config.remat=full "$OFF" $OVL --config.offload_prefetch=2 ;;
+    slicetrace)
+      bench slice_plain_trace 180 --blocks 6 --steps 3 --config.remat=full --trace "$W/trace_plain" \
+        --name slice_plain_trace
+      bench slice_overlap_trace 180 --blocks 6 --steps 3 --config.remat=full "$OFF" $OVL --trace "$W/trace_overlap" \
+        --name slice_overlap_trace
+      grep -h '^{"trace"' "$LOGS"/slice_*_trace.txt | tee -a "$LOGS/offload.log" ;;
     slicep0)  # block i's moments and EMA read at the top of its own iteration (config.offload_prefetch=0)
       bench slice_overlap_p0 150 --blocks 6 --steps 5 --config.remat=full "$OFF" $OVL --config.offload_prefetch=0 ;;
     fullp0)
