@@ -5,10 +5,12 @@
 The trace is the Chrome-trace JSON that `jax.profiler.trace(dir, create_perfetto_trace=True)` writes (CUPTI's GPU
 activity: one thread per CUDA stream). On the GPU streams, an event whose name (or its stream's name) says memcpy
 is a copy: host-to-device (HtoD / H2D), device-to-host (DtoH / D2H) or other; every other event there is a kernel.
-Prints, in seconds: the span of the GPU activity, the time any kernel ran, the time each copy direction ran, the
-time copies ran under kernels (`copy_under_kernels_s`) and the time they ran alone (`copy_exposed_s`), and the time
-both directions ran at once. Offloaded training (cosmos_jax/offload_overlap.py) hides its copies when
-`copy_exposed_s` is small against `copy_s`.
+Prints, in seconds: the span of the GPU activity and the time nothing ran on the GPU in it (a host that waits,
+e.g. on an offset read back from the device before each dynamic-offset copy, shows there), the time any kernel
+ran, the time each copy direction ran, the time copies ran under kernels (`copy_under_kernels_s`) and the time
+they ran alone (`copy_exposed_s`), and the time both directions ran at once. Offloaded training
+(cosmos_jax/offload_overlap.py) hides its copies when `copy_exposed_s` is small against `copy_s`; the event counts
+tell tiny copies (such offset reads) apart.
 """
 
 from __future__ import annotations
@@ -105,7 +107,8 @@ def summary(trace: dict) -> dict:
         raise SystemExit("the trace has no GPU stream activity (was it taken on a GPU, with CUPTI?)")
     under = length(intersect(copies, c["kernel"]))
     r = lambda x: round(x, 6)  # noqa: E731
-    return {"span_s": r(everything[-1][1] - everything[0][0]), "kernel_s": r(length(c["kernel"])),
+    span = everything[-1][1] - everything[0][0]
+    return {"span_s": r(span), "gpu_idle_s": r(span - length(everything)), "kernel_s": r(length(c["kernel"])),
             "h2d_s": r(length(c["h2d"])), "d2h_s": r(length(c["d2h"])), "copy_s": r(length(copies)),
             "copy_under_kernels_s": r(under), "copy_exposed_s": r(length(copies) - under),
             "both_directions_s": r(length(intersect(c["h2d"], c["d2h"]))),

@@ -43,6 +43,7 @@ def test_copy_time_under_kernels_and_alone(to):
     s = to.summary(_trace())
     assert s["events"] == {"kernel": 2, "h2d": 1, "d2h": 1, "other_copy": 0}
     assert s["span_s"] == pytest.approx(0.2) and s["kernel_s"] == pytest.approx(0.15)
+    assert s["gpu_idle_s"] == pytest.approx(0.0)  # 0-100 kernel, 80-160 copies, 150-200 kernel
     assert s["h2d_s"] == pytest.approx(0.04) and s["d2h_s"] == pytest.approx(0.07)
     assert s["copy_s"] == pytest.approx(0.08)  # 80-160 ms
     assert s["copy_under_kernels_s"] == pytest.approx(0.03)  # 80-100 and 150-160 ms
