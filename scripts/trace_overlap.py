@@ -5,12 +5,10 @@
 The trace is the Chrome-trace JSON that `jax.profiler.trace(dir, create_perfetto_trace=True)` writes (CUPTI's GPU
 activity: one thread per CUDA stream). On the GPU streams, an event whose name (or its stream's name) says memcpy
 is a copy: host-to-device (HtoD / H2D), device-to-host (DtoH / D2H) or other; every other event there is a kernel.
-Prints, in seconds: the span of the GPU activity and the time nothing ran on the GPU in it (a host that waits,
-e.g. on an offset read back from the device before each dynamic-offset copy, shows there), the time any kernel
-ran, the time each copy direction ran, the time copies ran under kernels (`copy_under_kernels_s`) and the time
-they ran alone (`copy_exposed_s`), and the time both directions ran at once. Offloaded training
-(cosmos_jax/offload_overlap.py) hides its copies when `copy_exposed_s` is small against `copy_s`; the event counts
-tell tiny copies (such offset reads) apart.
+Prints, in seconds: the span of the GPU activity and the time nothing ran on the GPU in it (where the host held
+the work back), the time any kernel ran, the time each copy direction ran, the time copies ran under kernels
+(`copy_under_kernels_s`) and the time they ran alone (`copy_exposed_s`), and the time both directions ran at once.
+Offloaded training (cosmos_jax/offload_overlap.py) hides its copies when `copy_exposed_s` is small against `copy_s`.
 """
 
 from __future__ import annotations
