@@ -16,6 +16,8 @@
 #   slicepipe / fullpipe / hlopipe  sliceovl / full / hlo with XLA_FLAGS --xla_gpu_enable_pipelined_host_offloading=true
 #   sliceopt / fullopt  the 6-block slice / the 7B with offload_overlap and the moments alone offloaded (the EMA
 #          on the device: a third less to copy, if it fits)
+#   sliceopt0 / fullopt0  sliceopt / fullopt with config.offload_prefetch=0 (the 7B compiles to 80.9 GiB of
+#          arguments + 40.7 GiB of temporaries for an H200, scripts/aot_hlo.py)
 #   slicep2 / fullp2  the 6-block slice / the 7B with config.offload_prefetch=2 (block i + 2 fetched while blocks i
 #          and i + 1 compute)
 #   slicep0 / fullp0  the 6-block slice / the 7B with config.offload_prefetch=0 (block i's own moments and EMA read
@@ -99,6 +101,10 @@ for s in $STAGES; do
       hlo_report "$LOGS/step_overlap_pipe.hlo.txt.gz" ;;
     sliceopt)
       bench slice_overlap_opt 150 --blocks 6 --steps 5 --config.remat=full "$OFF_OPT" $OVL ;;
+    sliceopt0)
+      bench slice_overlap_opt_p0 150 --blocks 6 --steps 5 --config.remat=full "$OFF_OPT" $OVL --config.offload_prefetch=0 ;;
+    fullopt0)
+      bench full_overlap_opt_p0 290 --steps 3 --config.remat=full "$OFF_OPT" $OVL --config.offload_prefetch=0 ;;
     slicep2)
       bench slice_overlap_p2 150 --blocks 6 --steps 5 --config.remat=full "$OFF" $OVL --config.offload_prefetch=2 ;;
     slicetrace)
