@@ -3,7 +3,6 @@ sockets): target folders and names, the pre-rename repo fallback, T5's PyTorch w
 errors, idempotence, and --convert with its memory / disk checks on the tiny parity DiT."""
 
 import hashlib
-import importlib.util
 import json
 import os
 import socket
@@ -22,10 +21,9 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 @pytest.fixture(scope="module")
 def dl():
-    spec = importlib.util.spec_from_file_location("download_checkpoints", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from scripts import download_checkpoints
+
+    return download_checkpoints
 
 
 @pytest.fixture(autouse=True)

@@ -1,21 +1,10 @@
 """scripts/learning_figure.py: the first frame row of each sample sheet, stacked and labelled with its step."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 from PIL import Image
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "learning_figure.py"
-
-
-@pytest.fixture(scope="module")
-def lf():
-    spec = importlib.util.spec_from_file_location("learning_figure", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from scripts import learning_figure as lf
 
 
 def _sheet(path, value, width=60, rows=4, row_h=10):
@@ -26,7 +15,7 @@ def _sheet(path, value, width=60, rows=4, row_h=10):
     return path
 
 
-def test_first_rows_stacked_in_order(lf, tmp_path):
+def test_first_rows_stacked_in_order(tmp_path):
     a = _sheet(tmp_path / "iter_000000000_sheet.png", 40)
     b = _sheet(tmp_path / "iter_000001500_sheet.png", 200)
     out = tmp_path / "fig.png"
@@ -37,7 +26,7 @@ def test_first_rows_stacked_in_order(lf, tmp_path):
     assert lf.step_of(b) == "step 1500"
 
 
-def test_sheets_of_different_width_rejected(lf, tmp_path):
+def test_sheets_of_different_width_rejected(tmp_path):
     a = _sheet(tmp_path / "iter_000000000_sheet.png", 40)
     b = _sheet(tmp_path / "iter_000000500_sheet.png", 40, width=80)
     with pytest.raises(SystemExit, match="differ in width"):

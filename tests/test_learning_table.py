@@ -1,21 +1,11 @@
 """scripts/learning_table.py: the learning run's table from a job's validation rows and evaluate's metrics."""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "learning_table.py"
-
-
-@pytest.fixture(scope="module")
-def lt():
-    spec = importlib.util.spec_from_file_location("learning_table", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from scripts import learning_table as lt
 
 
 def _rows():
@@ -31,7 +21,7 @@ def _rows():
     return [ref, *val, train]
 
 
-def test_table_orders_steps_and_keeps_the_reference(lt, tmp_path, capsys):
+def test_table_orders_steps_and_keeps_the_reference(tmp_path, capsys):
     with open(tmp_path / "metrics.jsonl", "w") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in _rows())
     out = tmp_path / "table.json"
@@ -49,7 +39,7 @@ def test_table_orders_steps_and_keeps_the_reference(lt, tmp_path, capsys):
     assert "| PSNR vs real (dB) (higher is better) | 9.9 | 14 | 12.5 | — | 21.5 |" in printed
 
 
-def test_evaluate_means_are_carried(lt, tmp_path):
+def test_evaluate_means_are_carried(tmp_path):
     ev = {"checkpoint": "job step 400 (ema)", "clips": [{}, {}], "num_steps": 35, "guidance": 3.0,
           "means": {"generated": {"psnr_db": 13.0, "ssim": 0.4, "matches": 5.0, "inlier_fraction": 0.2},
                     "real": {"sampson_median_px": 0.5, "inlier_fraction": 0.8, "matches": 90.0}}}
@@ -59,7 +49,7 @@ def test_evaluate_means_are_carried(lt, tmp_path):
     assert t["evaluate"]["real"]["matches"] == 90.0
 
 
-def test_missing_validation_rows_are_named(lt, tmp_path):
+def test_missing_validation_rows_are_named(tmp_path):
     with pytest.raises(SystemExit, match="kind 'val' and 'val_reference'.*'train'"):
         lt.table([{"step": 1, "kind": "train"}], None)
     (tmp_path / "metrics.jsonl").write_text('{"step": 0}\nnot json\n')

@@ -1,21 +1,11 @@
 """scripts/trace_overlap.py: copy time under kernels and alone, from a profiler trace's GPU streams."""
 
 import gzip
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "trace_overlap.py"
-
-
-@pytest.fixture(scope="module")
-def to():
-    spec = importlib.util.spec_from_file_location("trace_overlap", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from scripts import trace_overlap as to
 
 
 def _trace():
@@ -39,7 +29,7 @@ def _trace():
     return {"traceEvents": meta + x}
 
 
-def test_copy_time_under_kernels_and_alone(to):
+def test_copy_time_under_kernels_and_alone():
     s = to.summary(_trace())
     assert s["events"] == {"kernel": 2, "h2d": 1, "d2h": 1, "other_copy": 0}
     assert s["span_s"] == pytest.approx(0.2) and s["kernel_s"] == pytest.approx(0.15)
@@ -51,7 +41,7 @@ def test_copy_time_under_kernels_and_alone(to):
     assert s["both_directions_s"] == pytest.approx(0.03)  # 90-120 ms
 
 
-def test_reads_a_trace_folder_and_names_bad_input(to, tmp_path, capsys):
+def test_reads_a_trace_folder_and_names_bad_input(tmp_path, capsys):
     run = tmp_path / "plugins" / "profile" / "2026_12_07"
     run.mkdir(parents=True)
     with gzip.open(run / "perfetto_trace.json.gz", "wt") as fh:
