@@ -45,14 +45,9 @@ def gemm_tflops(n: int = 8192, reps: int = 10) -> float:
     return 2 * n**3 / statistics.median(times) / 1e12
 
 
-def compiled_memory_gib(compiled) -> dict:
-    """The compiled step's memory analysis per device, GiB: device arguments / outputs / temporaries and the
-    host-memory parts (config.offload)."""
-    return memory_stats_gib(compiled.memory_analysis())
-
-
 def memory_stats_gib(ma) -> dict:
-    """XLA's compiled memory stats (per device) in GiB; {} where there are none."""
+    """XLA's compiled memory stats per device, GiB: device arguments / outputs / temporaries and the host-memory
+    parts (config.offload); {} where there are none."""
     if ma is None:
         return {}
     names = ("argument", "output", "alias", "temp")
@@ -127,7 +122,7 @@ def main(argv):
         t0 = time.perf_counter()
         compiled = step.lower(state, data, jax.eval_shape(lambda: jax.random.key(0))).compile()
         compile_s = time.perf_counter() - t0
-        memory = compiled_memory_gib(compiled)
+        memory = memory_stats_gib(compiled.memory_analysis())
         if f.dump_hlo:  # the optimized HLO, e.g. to see which host-memory copies XLA inserted
             import gzip
             with gzip.open(f.dump_hlo, "wt") as fh:
