@@ -112,7 +112,11 @@ for s in $STAGES; do
         --name slice_plain_trace
       bench slice_overlap_trace 180 --blocks 6 --steps 3 --config.remat=full "$OFF" $OVL --trace "$W/trace_overlap" \
         --name slice_overlap_trace
-      grep -h '^{"trace"' "$LOGS"/slice_*_trace.txt | tee -a "$LOGS/offload.log" ;;
+      grep -h '^{"trace"' "$LOGS"/slice_*_trace.txt | tee -a "$LOGS/offload.log"
+      for t in plain overlap; do  # the perfetto traces themselves, for a closer look here (16 MiB a file comes back)
+        f=$(find "$W/trace_$t" -name 'perfetto_trace.json.gz' | tail -1)
+        [ -n "$f" ] && [ "$(stat -c %s "$f")" -lt 16000000 ] && cp "$f" "$OUT/trace_$t.json.gz"
+      done ;;
     slicep0)  # block i's moments and EMA read at the top of its own iteration (config.offload_prefetch=0)
       bench slice_overlap_p0 150 --blocks 6 --steps 5 --config.remat=full "$OFF" $OVL --config.offload_prefetch=0 ;;
     fullp0)
