@@ -231,14 +231,21 @@ def _forward(static: _Static, p_all, frozen, x, ctx, pend):
             # reads it into a device buffer and writes back in place, scripts/aot_hlo.py; the CPU's, where the
             # read is no copy, copies the whole stacked buffers instead: a GPU setting)
             m_i, e_i = fetch(m_all, e_all, i)
+            # All of the block's reads land before its first write-back starts: XLA runs host copies on four
+            # streams in turn, and a read queued behind a write-back there would hold up the update.
+            m_i, e_i = jax.lax.optimization_barrier((m_i, e_i))
         keep = jnp.logical_not(valid)
+        # The block's whole update on the device, then its write-backs: a slice copy the update needs, queued
+        # behind a write-back on the same copy stream, would hold the update up.
         p, _, m, _ = offload.piece(offload._take(grads, i), offload._take(p_all, i), skeleton, m_i, None,
-                                   adamw=u.adamw, ema_beta=None, host_opt=hosted_m, host_ema=hosted_e, keep=keep)
+                                   adamw=u.adamw, ema_beta=None, host_opt=False, host_ema=False, keep=keep)
         p_all = offload._put(p_all, p, i)
-        m_all = [offload._put(a, b, i) for a, b in zip(m_all, m, strict=True)]
         p = offload._take(p_all, i)  # the block as written: its only reader after the write (offload.ema_piece)
+        e_new = None if beta is None else offload.ema_piece(e_i, p, beta, host_ema=False, keep=keep)
+        p, m, e_new = jax.lax.optimization_barrier((p, m, e_new))
+        m_all = [offload._put(a, offload.on_host(b) if hosted_m else b, i) for a, b in zip(m_all, m, strict=True)]
         if beta is not None:
-            e_all = offload._put(e_all, offload.ema_piece(e_i, p, beta, host_ema=hosted_e, keep=keep), i)
+            e_all = offload._put(e_all, offload.on_host(e_new) if hosted_e else e_new, i)
         # block i + d's moments and EMA (d = u.prefetch), read from the buffers as just written (offload.update
         # says why), while blocks i .. i + d - 1 compute
         if u.prefetch:

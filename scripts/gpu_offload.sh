@@ -22,7 +22,7 @@
 #          and i + 1 compute)
 #   slicep0 / fullp0  the 6-block slice / the 7B with config.offload_prefetch=0 (block i's own moments and EMA read
 #          at the top of its iteration: the write-backs can then run under the block's compute)
-#   slicetrace  the slice plain and with moments + EMA offloaded (offload_overlap), each with one more step under
+#   slicetrace  the slice plain and with moments + EMA offloaded (offload_overlap, prefetch 0), each with one more step under
 #          JAX's profiler (bench_train.py --trace): GPU time of kernels and copies, copies under kernels and alone
 #          (scripts/trace_overlap.py; the traces stay on the machine, their summary goes into the JSON)
 #   lora   LoRA r16 of the 7B with remat attention_outside (no offload)
@@ -110,8 +110,8 @@ for s in $STAGES; do
     slicetrace)
       bench slice_plain_trace 180 --blocks 6 --steps 3 --config.remat=full --trace "$W/trace_plain" \
         --name slice_plain_trace
-      bench slice_overlap_trace 180 --blocks 6 --steps 3 --config.remat=full "$OFF" $OVL --trace "$W/trace_overlap" \
-        --name slice_overlap_trace
+      bench slice_overlap_trace 180 --blocks 6 --steps 3 --config.remat=full "$OFF" $OVL --config.offload_prefetch=0 \
+        --trace "$W/trace_overlap" --name slice_overlap_trace
       grep -h '^{"trace"' "$LOGS"/slice_*_trace.txt | tee -a "$LOGS/offload.log"
       for t in plain overlap; do  # the perfetto traces themselves, for a closer look here (16 MiB a file comes back)
         f=$(find "$W/trace_$t" -name 'perfetto_trace.json.gz' | tail -1)
