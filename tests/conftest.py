@@ -9,10 +9,14 @@ if "xla_force_host_platform_device_count" not in _flags:
 
 # One persistent XLA compilation cache for the whole session, inherited by the CLI subprocesses: the train, resume
 # and mesh tests compile the same tiny steps many times (compiles under 1 s are not cached, JAX's default).
+# The process that makes it (pytest's, or xdist's controller: the workers inherit it) removes it at exit.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
     import tempfile
 
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="cosmos_jax_test_xla_cache_")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"])
 
 import json  # noqa: E402
 import pathlib  # noqa: E402
