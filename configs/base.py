@@ -55,6 +55,9 @@ def get_config() -> ml_collections.ConfigDict:
     # blocks of compute to hide behind, for one more block of them on the device; 0: each block's own, read at the
     # top of its iteration, so that its write-back can run under its compute).
     c.offload_prefetch = 1
+    # With offload_overlap and prefetch >= 1 (remat full): the fetch of block i + prefetch ordered after block i's
+    # self-attention, so that block i's write-backs run under the attention and the fetch under the rest.
+    c.offload_midblock_fetch = False
     c.tokenizer = ml_collections.ConfigDict(dict(
         name="cosmos", checkpoint_dir="checkpoints/Cosmos-Tokenize1-CV8x8x8-720p", pixel_chunk_duration=57,
         latent_channels=16, temporal_compression=8, spatial_compression=8,

@@ -69,7 +69,7 @@ def check(c, num_devices: int) -> None:
     try:
         offload.check(c.offload, c.model.scan_blocks)
         offload_overlap.check(c.get("offload_overlap", False), c.offload, c.grad_accum, c.lora.rank > 0,
-                              c.get("offload_prefetch", 1))
+                              c.get("offload_prefetch", 1), c.get("offload_midblock_fetch", False), c.remat)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     check_mesh(c.mesh, num_devices)

@@ -2,19 +2,22 @@
 the host <-> device copies of the offloaded moments and EMA run while the blocks compute.
 
 With `config.offload` alone the update follows the backward pass: the clip needs the global norm of every gradient,
-so nothing is left to compute while 28 blocks of moments and EMA cross the PCIe bus (6-block slice, H100: +97 %
-step time, scripts/gpu_offload.sh). Here step n ends with its clipped gradients kept on the device (`pending`);
-step n + 1's forward pass runs the blocks in a loop that, for block i, brings block i + d's moments and EMA to the
-device (d = `config.offload_prefetch`: 1 or 2, the copies get d blocks of compute, for d - 1 more blocks of them on
-the device; 0, block i's own at the top of its iteration: the fetch then waits for no write-back, and the write-back
-can run under the block's compute, which a fetch that reads the buffer after the write keeps from happening:
-scripts/bench_transfer.py's loop variants, README), applies step n's AdamW + EMA to block i (the same
-`offload.piece` as the plain offloaded update), writes them back to host memory in place, and then runs block i
-with its new weights. The backward pass (a
-`jax.custom_vjp`) recomputes each block from its saved input (remat `full`), or reuses the residuals the forward
-pass kept of each block (remat `attention_outside`: the attention's inputs, output and statistics), and returns the
-gradients with respect to the new weights. The tensors outside the blocks take their pending update before the
-forward pass.
+so nothing is left to compute while 28 blocks of moments and EMA cross the PCIe bus (6-block slice, H100: +97 % step
+time, scripts/gpu_offload.sh). Here step n ends with its clipped gradients kept on the device (`pending`); step n +
+1's forward pass runs the blocks in a loop that, for block i, brings block i + d's moments and EMA to the device (d
+= `config.offload_prefetch`: 1 or 2, the copies get d blocks of compute, for d - 1 more blocks of them on the
+device; 0, block i's own at the top of its iteration: the fetch then waits for no write-back, and the write-back can
+run under the block's compute, which a fetch that reads the buffer after the write keeps from happening:
+scripts/bench_transfer.py's loop variants, README; `config.offload_midblock_fetch` orders the fetch after block i's
+self-attention instead, so that the write-backs can run under the attention and the fetch under the rest), applies
+step n's AdamW + EMA to block i (the same `offload.piece` as the plain offloaded update), writes them back to host
+memory in place, and then runs block i with its new weights. Two optimization barriers keep XLA from interleaving a
+block's reads, update and write-backs tensor by tensor (its host copies share four streams, each in order: a read or
+slice copy the update needs would wait behind a write-back): with prefetch 0 every read lands before the update, and
+the whole update is computed before the first write-back starts. The backward pass (a `jax.custom_vjp`) recomputes
+each block from its saved input (remat `full`), or reuses the residuals the forward pass kept of each block (remat
+`attention_outside`: the attention's inputs, output and statistics), and returns the gradients with respect to the
+new weights. The tensors outside the blocks take their pending update before the forward pass.
 
 The math is the plain step's: every forward pass sees the weights after all earlier updates; only the time at
 which an update is applied moves. What reads the state between steps (save, export, validation, the end of
@@ -38,14 +41,38 @@ import optax
 from cosmos_jax import offload, sharding
 
 _ACTIVE: contextvars.ContextVar = contextvars.ContextVar("offload_overlap", default=None)
+_MIDPOINT: contextvars.ContextVar = contextvars.ContextVar("offload_overlap_midpoint", default=None)
 
 
-def check(enabled: bool, parts, grad_accum: int, lora: bool, prefetch=1) -> bool:
+def midpoint(o_BLNK: jax.Array) -> jax.Array:
+    """Called by each DiT block on its self-attention's output: the identity, except in the streamed forward pass
+    with `config.offload_midblock_fetch`, where the next fetch is ordered here (`_forward`)."""
+    hook = _MIDPOINT.get()
+    return o_BLNK if hook is None else hook(o_BLNK)
+
+
+@contextlib.contextmanager
+def _at_midpoint(hook):
+    token = _MIDPOINT.set(hook)
+    try:
+        yield
+    finally:
+        _MIDPOINT.reset(token)
+
+
+def check(enabled: bool, parts, grad_accum: int, lora: bool, prefetch=1, midblock=False, remat="full") -> bool:
     if not enabled:
         return False
     if not isinstance(prefetch, int) or isinstance(prefetch, bool) or prefetch < 0:
         raise ValueError(f"config.offload_prefetch={prefetch!r}: expected an integer >= 0 (blocks whose moments and "
                          "EMA are fetched ahead in the forward pass)")
+    if midblock not in (True, False):
+        raise ValueError(f"config.offload_midblock_fetch={midblock!r}: expected True or False")
+    if midblock and (prefetch < 1 or remat == "attention_outside"):
+        raise ValueError(f"config.offload_midblock_fetch=True needs config.offload_prefetch >= 1 (got {prefetch}) and "
+                         f"a remat other than attention_outside (got {remat!r}): it orders the fetch of a later "
+                         "block after the self-attention of this one, which a block run under jax.vjp (the kept "
+                         "residuals of attention_outside) cannot hand out")
     if not parts:
         raise ValueError("config.offload_overlap=True needs config.offload (the parts in host memory to stream)")
     if grad_accum != 1:
@@ -116,10 +143,11 @@ class BlockUpdate:
     host_opt: bool
     host_ema: bool
     prefetch: int = 1  # blocks fetched ahead (config.offload_prefetch)
+    midblock: bool = False  # the fetch ordered after the block's self-attention (config.offload_midblock_fetch)
     out: dict = dataclasses.field(default_factory=dict)  # params, moments, ema after the update (set by `run`)
 
 
-def begin(state: dict, *, adamw, parts, ema_enabled: bool, prefetch: int = 1):
+def begin(state: dict, *, adamw, parts, ema_enabled: bool, prefetch: int = 1, midblock: bool = False):
     """At the start of a step: (params for the forward pass, the step's BlockUpdate, what `finish` needs). The
     tensors outside the blocks take the pending update now; the blocks keep their old values, updated in the
     forward pass (`run`)."""
@@ -138,7 +166,7 @@ def begin(state: dict, *, adamw, parts, ema_enabled: bool, prefetch: int = 1):
     skel_blk, m_blk = offload._partition(offload._map_param_shaped(adam_state, treedef, offload._blocks), blocks_def)
     update = BlockUpdate(grads=_inner(pend["grads"]), moments=[_inner(m) for m in m_blk], ema=_inner(ema),
                          skeleton=skel_blk, beta=beta, valid=pend["valid"], adamw=adamw, host_opt=host_opt,
-                         host_ema=host_ema, prefetch=prefetch)
+                         host_ema=host_ema, prefetch=prefetch, midblock=midblock)
     return offload._merge(offload._blocks(params), p_rest), update, (clip_state, new_skeleton, m_rest, e_rest)
 
 
@@ -248,11 +276,30 @@ def _forward(static: _Static, p_all, frozen, x, ctx, pend):
             e_all = offload._put(e_all, offload.on_host(e_new) if hosted_e else e_new, i)
         # block i + d's moments and EMA (d = u.prefetch), read from the buffers as just written (offload.update
         # says why), while blocks i .. i + d - 1 compute
-        if u.prefetch:
-            ahead = (*ahead, fetch(m_all, e_all, jnp.minimum(i + u.prefetch, n - 1)))
+        nxt = jnp.minimum(i + u.prefetch, n - 1)
+        if u.prefetch and not u.midblock:
+            ahead = (*ahead, fetch(m_all, e_all, nxt))
         if static.keep_residuals:
             x, vjp = _block_vjp(static, p, offload._take(frozen, i), x, ctx)
             saved = [offload._put(a, b, i) for a, b in zip(saved, jax.tree.leaves(vjp), strict=True)]
+        elif u.midblock:  # the buffers as written pass an optimization barrier with the self-attention's output:
+            # the write-backs land before it and the fetch, which reads them, starts after it. (Not the index: an
+            # offset that is no function of the loop counter makes XLA read host memory with SM kernels instead
+            # of the copy engines, scripts/aot_hlo.py)
+            at = []
+
+            def hook(o_BLNK):
+                o_BLNK, *rest = jax.lax.optimization_barrier((o_BLNK, m_all, e_all))
+                at.append(rest)
+                return o_BLNK
+            saved = [offload._put(saved[0], x, i)]
+            with _at_midpoint(hook):
+                x = static.apply_block(p, offload._take(frozen, i), x, ctx)
+            if len(at) != 1:
+                raise RuntimeError(f"offload_midblock_fetch: the block called offload_overlap.midpoint {len(at)} "
+                                   "times, expected once (after its self-attention)")
+            m_all, e_all = at[0]
+            ahead = (*ahead, fetch(m_all, e_all, nxt))
         else:
             saved = [offload._put(saved[0], x, i)]
             x = static.apply_block(p, offload._take(frozen, i), x, ctx)

@@ -44,6 +44,7 @@ class StepConfig:
     offload: tuple[str, ...] = ()
     overlap: bool = False
     prefetch: int = 1
+    midblock: bool = False
 
     @classmethod
     def from_config(cls, c) -> StepConfig:
@@ -52,7 +53,7 @@ class StepConfig:
         if corruption not in ("noise_with_sigma", "none"):
             raise ValueError(f"conditioning.apply_corruption_to_condition_region={corruption!r}: expected "
                              "'noise_with_sigma' or 'none'")
-        prefetch = c.get("offload_prefetch", 1)
+        prefetch, midblock = c.get("offload_prefetch", 1), c.get("offload_midblock_fetch", False)
         return cls(sigma_data=c.diffusion.sigma_data, p_mean=c.diffusion.p_mean, p_std=c.diffusion.p_std,
                    loss_add_logvar=c.diffusion.loss_add_logvar, condition_location=cd.condition_location,
                    random_n_max=cd.first_random_n_num_condition_t_max, augment=corruption == "noise_with_sigma",
@@ -62,8 +63,8 @@ class StepConfig:
                    ema_gamma=ema_lib.power_gamma(c.ema.s),
                    offload=offload.check(c.offload, c.model.scan_blocks),
                    overlap=offload_overlap.check(c.get("offload_overlap", False), c.offload, c.grad_accum,
-                                                 c.lora.rank > 0, prefetch),
-                   prefetch=prefetch)
+                                                 c.lora.rank > 0, prefetch, midblock, c.remat),
+                   prefetch=prefetch, midblock=midblock)
 
 
 def latents_of(batch, tokenizer):
@@ -112,7 +113,8 @@ def train_step(state, batch, key, *, graphdef, tx_parts: tuple[optax.GradientTra
     params, block_update = state["params"], None
     if cfg.overlap:  # the previous step's update: outside the blocks now, the blocks' inside the forward pass
         params, block_update, rest = offload_overlap.begin(state, adamw=tx_parts[1], parts=cfg.offload,
-                                                           ema_enabled=cfg.ema_enabled, prefetch=cfg.prefetch)
+                                                           ema_enabled=cfg.ema_enabled, prefetch=cfg.prefetch,
+                                                           midblock=cfg.midblock)
 
     def loss_fn(*args):  # micro_loss, and with offload_overlap the blocks' params/moments/EMA after the update
         if block_update is None:

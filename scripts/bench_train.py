@@ -164,7 +164,9 @@ def main(argv):
                            + ("_offload-" + "-".join(config.offload) if config.offload else "")
                            + ("_overlap" if config.get("offload_overlap") else "")
                            + (f"_prefetch{config.offload_prefetch}" if config.get("offload_overlap")
-                              and config.get("offload_prefetch", 1) != 1 else "") + ("_pgle" if f.pgle else "")
+                              and config.get("offload_prefetch", 1) != 1 else "")
+                           + ("_midblock" if config.get("offload_overlap") and config.get("offload_midblock_fetch")
+                              else "") + ("_pgle" if f.pgle else "")
                            + suffix),
         "mode": "lora" if cfg.lora_rank else "full",
         "num_devices": ndev, "card": jax.devices()[0].device_kind, "date": datetime.date.today().isoformat(),
@@ -179,6 +181,7 @@ def main(argv):
         "gemm_tflops": gemm_tflops(), "peak_memory_gb": peak_memory_gb(), "compile_s": compile_s,
         "compiled_memory_gib": memory, "offload": list(config.offload),
         "offload_overlap": bool(config.get("offload_overlap")), "offload_prefetch": config.get("offload_prefetch", 1),
+        "offload_midblock_fetch": bool(config.get("offload_midblock_fetch")),
         "peak_host_rss_gb": memory_lib.peak_rss_gb(),
         "loss": float(m["loss"]), "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "host_memory_limit_gb": os.environ.get(offload.HOST_LIMIT_VAR), "host_rss_gib": host_rss,

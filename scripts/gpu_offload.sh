@@ -25,6 +25,8 @@
 #   slicetrace  the slice plain and with moments + EMA offloaded (offload_overlap, prefetch 0), each with one more step under
 #          JAX's profiler (bench_train.py --trace): GPU time of kernels and copies, copies under kernels and alone
 #          (scripts/trace_overlap.py; the traces stay on the machine, their summary goes into the JSON)
+#   slicemid / fullmid  the 6-block slice / the 7B with config.offload_midblock_fetch (block i + 1's fetch ordered
+#          after block i's self-attention, the write-backs before it); sliceoptmid / fulloptmid the same, EMA on device
 #   lora   LoRA r16 of the 7B with remat attention_outside (no offload)
 #   train  python -m cosmos_jax.train --config=configs/waymo_1gpu.py (the user's command) on synthetic clips at the
 #          seed shape, stopped with Ctrl-C (SIGINT) once step 2 is logged: a 7B full checkpoint (~108 GB) does not
@@ -121,6 +123,15 @@ for s in $STAGES; do
       bench slice_overlap_p0 150 --blocks 6 --steps 5 --config.remat=full "$OFF" $OVL --config.offload_prefetch=0 ;;
     fullp0)
       bench full_overlap_p0 290 --steps 3 --config.remat=full "$OFF" $OVL --config.offload_prefetch=0 ;;
+    slicemid)
+      bench slice_overlap_mid 150 --blocks 6 --steps 5 --config.remat=full "$OFF" $OVL --config.offload_midblock_fetch=True ;;
+    sliceoptmid)  # slicemid with the EMA on the device
+      bench slice_overlap_opt_mid 150 --blocks 6 --steps 5 --config.remat=full "$OFF_OPT" $OVL \
+        --config.offload_midblock_fetch=True ;;
+    fulloptmid)
+      bench full_overlap_opt_mid 290 --steps 3 --config.remat=full "$OFF_OPT" $OVL --config.offload_midblock_fetch=True ;;
+    fullmid)
+      bench full_overlap_mid 290 --steps 3 --config.remat=full "$OFF" $OVL --config.offload_midblock_fetch=True ;;
     fullp2)
       bench full_overlap_p2 290 --steps 3 --config.remat=full "$OFF" $OVL --config.offload_prefetch=2 ;;
     fullopt)

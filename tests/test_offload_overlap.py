@@ -46,11 +46,12 @@ def relative_errors(a, b):
     return out
 
 
-def overlap_config(parts=BOTH, remat="full", prefetch=1):
+def overlap_config(parts=BOTH, remat="full", prefetch=1, midblock=False):
     c = tiny(parts)
     c.offload_overlap = True
     c.remat = remat  # full: each block recomputed from its input; attention_outside: its vjp's residuals kept
     c.offload_prefetch = prefetch  # 2 on 3 blocks: the last fetch clamped to a block not yet written
+    c.offload_midblock_fetch = midblock  # the fetch ordered after the block's self-attention
     return c
 
 
@@ -62,11 +63,12 @@ def plain_config(remat="full"):
     return c
 
 
-@pytest.mark.parametrize("fsdp,remat,prefetch", [(1, "attention_outside", 1), (2, "full", 2), (1, "full", 0)])
-def test_overlapped_steps_match_the_plain_step(fsdp, remat, prefetch):
+@pytest.mark.parametrize("fsdp,remat,prefetch,midblock", [(1, "attention_outside", 1, False), (2, "full", 2, False),
+                                                          (1, "full", 0, False), (2, "full", 1, True)])
+def test_overlapped_steps_match_the_plain_step(fsdp, remat, prefetch, midblock):
     mesh = sharding.make_mesh((("data", 1), ("fsdp", fsdp), ("context", 1)), devices=jax.devices()[:fsdp])
     plain, plain_losses, _, _ = run(plain_config(remat), mesh)
-    over, losses = run_overlap(overlap_config(remat=remat, prefetch=prefetch), mesh)
+    over, losses = run_overlap(overlap_config(remat=remat, prefetch=prefetch, midblock=midblock), mesh)
     np.testing.assert_allclose(losses, plain_losses, rtol=1e-6)
     assert not bool(over["pending"]["valid"]) and int(over["opt_state"][1][0].count) == 3
     assert kinds(over["ema"]) == {"pinned_host"} and kinds(over["opt_state"]) == {"pinned_host"}
@@ -91,9 +93,13 @@ def test_the_update_waits_for_the_next_step():
 @pytest.mark.parametrize("edit,msg", [(dict(offload=()), "needs config.offload"),
                                       (dict(grad_accum=2), "needs grad_accum=1"),
                                       (dict(lora=True), "for full fine-tuning"),
-                                      (dict(prefetch=-1), "offload_prefetch=-1: expected an integer >= 0")])
+                                      (dict(prefetch=-1), "offload_prefetch=-1: expected an integer >= 0"),
+                                      (dict(prefetch=0, midblock=True), r"offload_prefetch >= 1 \(got 0\)"),
+                                      (dict(remat="attention_outside", midblock=True),
+                                       "a remat other than attention_outside")])
 def test_bad_overlap_configs(edit, msg):
-    c = overlap_config(prefetch=edit.get("prefetch", 1))
+    c = overlap_config(prefetch=edit.get("prefetch", 1), remat=edit.get("remat", "full"),
+                       midblock=edit.get("midblock", False))
     c.offload = edit.get("offload", c.offload)
     c.grad_accum = edit.get("grad_accum", 1)
     if edit.get("lora"):
