@@ -106,3 +106,37 @@ def test_bad_overlap_configs(edit, msg):
         c.lora.rank = 4
     with pytest.raises(ValueError, match=msg):
         step_lib.StepConfig.from_config(c)
+
+
+def _eqns(jaxpr):
+    """Every equation of a jaxpr and of the jaxprs inside it (loops, jit, custom_vjp)."""
+    for e in jaxpr.eqns:
+        yield e
+        for p in e.params.values():
+            for sub in (p if isinstance(p, (tuple, list)) else (p,)):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    yield from _eqns(inner)
+
+
+@pytest.mark.parametrize("prefetch,midblock", [(0, False), (1, True)])
+def test_block_reads_index_by_the_loop_counter(prefetch, midblock):
+    """The block loop's slice indices never pass an optimization barrier: an index that is no function of the loop
+    counter makes XLA's GPU compile read host memory with SM kernels instead of the copy engines (README), which
+    the first midblock fetch did."""
+    c = overlap_config(prefetch=prefetch, midblock=midblock)
+    mesh = sharding.one_device_mesh()
+    cfg, tx = build.dit_config(c), optim.make(c)
+    graphdef, _, sh = ts.layout(cfg, tx, mesh, offload=tuple(c.offload))
+    batch_sh = sharding.batch_sharding(mesh, leading_axes=1)
+    step = step_lib.jit_train_step(offload_overlap.shardings(sh), batch_sh, graphdef=graphdef,
+                                   tx_parts=optim.parts(c), cfg=step_lib.StepConfig.from_config(c),
+                                   tokenizer=tok.from_config(c))
+    with sharding.activate(mesh):
+        state = offload_overlap.with_pending(ts.create(cfg, tx, mesh, sh), sh)
+        jaxpr = jax.make_jaxpr(step)(state, batch(0), jax.random.key(0)).jaxpr
+    barriers = [e for e in _eqns(jaxpr) if e.primitive.name == "optimization_barrier"]
+    assert len(barriers) == 2  # prefetch 0: after the reads and the update; midblock: the update, the midpoint
+    for e in barriers:
+        assert not [v for v in e.invars if v.aval.shape == () and np.issubdtype(v.aval.dtype, np.integer)], (
+            "an integer scalar (a slice index) passes an optimization barrier")
