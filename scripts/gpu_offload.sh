@@ -22,8 +22,8 @@
 #          and i + 1 compute)
 #   slicep0 / fullp0  the 6-block slice / the 7B with config.offload_prefetch=0 (block i's own moments and EMA read
 #          at the top of its iteration: the write-backs can then run under the block's compute)
-#   slicetrace  the slice plain and with moments + EMA offloaded (offload_overlap, prefetch 0), each with one more step under
-#          JAX's profiler (bench_train.py --trace): GPU time of kernels and copies, copies under kernels and alone
+#   slicetrace  the slice plain and with moments + EMA offloaded (offload_overlap, prefetch 0), each with one more
+#          step under JAX's profiler (bench_train.py --trace): GPU time of kernels and copies, copies under kernels and alone
 #          (scripts/trace_overlap.py; the traces stay on the machine, their summary goes into the JSON)
 #   slicemid / fullmid  the 6-block slice / the 7B with config.offload_midblock_fetch (block i + 1's fetch ordered
 #          after block i's self-attention, the write-backs before it); sliceoptmid / fulloptmid the same, EMA on device
@@ -124,7 +124,8 @@ for s in $STAGES; do
     fullp0)
       bench full_overlap_p0 290 --steps 3 --config.remat=full "$OFF" $OVL --config.offload_prefetch=0 ;;
     slicemid)
-      bench slice_overlap_mid 150 --blocks 6 --steps 5 --config.remat=full "$OFF" $OVL --config.offload_midblock_fetch=True ;;
+      bench slice_overlap_mid 150 --blocks 6 --steps 5 --config.remat=full "$OFF" $OVL \
+        --config.offload_midblock_fetch=True ;;
     sliceoptmid)  # slicemid with the EMA on the device
       bench slice_overlap_opt_mid 150 --blocks 6 --steps 5 --config.remat=full "$OFF_OPT" $OVL \
         --config.offload_midblock_fetch=True ;;
