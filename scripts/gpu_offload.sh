@@ -23,8 +23,8 @@
 #   slicep0 / fullp0  the 6-block slice / the 7B with config.offload_prefetch=0 (block i's own moments and EMA read
 #          at the top of its iteration: the write-backs can then run under the block's compute)
 #   slicetrace  the slice plain and with moments + EMA offloaded (offload_overlap, prefetch 0), each with one more
-#          step under JAX's profiler (bench_train.py --trace): GPU time of kernels and copies, copies under kernels and alone
-#          (scripts/trace_overlap.py; the traces stay on the machine, their summary goes into the JSON)
+#          step under JAX's profiler (bench_train.py --trace): GPU time of kernels and copies, copies under kernels
+#          and alone (scripts/trace_overlap.py; the summary goes into the JSON, the perfetto traces into OUTDIR)
 #   slicemid / fullmid  the 6-block slice / the 7B with config.offload_midblock_fetch (block i + 1's fetch ordered
 #          after block i's self-attention, the write-backs before it); sliceoptmid / fulloptmid the same, EMA on device
 #   lora   LoRA r16 of the 7B with remat attention_outside (no offload)
