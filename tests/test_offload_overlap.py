@@ -14,17 +14,24 @@ from cosmos_jax.weights import tree
 from tests.test_offload import BOTH, batch, kinds, run, tiny
 
 
-def run_overlap(c, mesh, steps=3, flush=True):
-    """(state, losses) after `steps` overlapped steps from a fresh state, flushed at the end unless told not to."""
+def overlapped_step(c, mesh):
+    """(the jitted overlapped step, its batch sharding, the state shardings, its StepConfig, fresh_state): call
+    fresh_state() under sharding.activate(mesh) for a new state with an empty pending update."""
     cfg, tx = build.dit_config(c), optim.make(c)
     graphdef, _, sh = ts.layout(cfg, tx, mesh, offload=tuple(c.offload))
     batch_sh = sharding.batch_sharding(mesh, leading_axes=1)
     scfg = step_lib.StepConfig.from_config(c)
     step = step_lib.jit_train_step(offload_overlap.shardings(sh), batch_sh, graphdef=graphdef,
                                    tx_parts=optim.parts(c), cfg=scfg, tokenizer=tok.from_config(c))
+    return step, batch_sh, sh, scfg, lambda: offload_overlap.with_pending(ts.create(cfg, tx, mesh, sh), sh)
+
+
+def run_overlap(c, mesh, steps=3, flush=True):
+    """(state, losses) after `steps` overlapped steps from a fresh state, flushed at the end unless told not to."""
+    step, batch_sh, sh, scfg, fresh_state = overlapped_step(c, mesh)
     losses = []
     with sharding.activate(mesh):
-        state = offload_overlap.with_pending(ts.create(cfg, tx, mesh, sh), sh)
+        state = fresh_state()
         for i in range(steps):
             state, m = step(state, sharding.put_batch(batch(i), batch_sh, 2), jax.random.key(i))
             losses.append(float(m["loss"]))
@@ -124,17 +131,10 @@ def test_block_reads_index_by_the_loop_counter(prefetch, midblock):
     """The block loop's slice indices never pass an optimization barrier: an index that is no function of the loop
     counter makes XLA's GPU compile read host memory with SM kernels instead of the copy engines (README), which
     the first midblock fetch did."""
-    c = overlap_config(prefetch=prefetch, midblock=midblock)
     mesh = sharding.one_device_mesh()
-    cfg, tx = build.dit_config(c), optim.make(c)
-    graphdef, _, sh = ts.layout(cfg, tx, mesh, offload=tuple(c.offload))
-    batch_sh = sharding.batch_sharding(mesh, leading_axes=1)
-    step = step_lib.jit_train_step(offload_overlap.shardings(sh), batch_sh, graphdef=graphdef,
-                                   tx_parts=optim.parts(c), cfg=step_lib.StepConfig.from_config(c),
-                                   tokenizer=tok.from_config(c))
+    step, _, _, _, fresh_state = overlapped_step(overlap_config(prefetch=prefetch, midblock=midblock), mesh)
     with sharding.activate(mesh):
-        state = offload_overlap.with_pending(ts.create(cfg, tx, mesh, sh), sh)
-        jaxpr = jax.make_jaxpr(step)(state, batch(0), jax.random.key(0)).jaxpr
+        jaxpr = jax.make_jaxpr(step)(fresh_state(), batch(0), jax.random.key(0)).jaxpr
     barriers = [e for e in _eqns(jaxpr) if e.primitive.name == "optimization_barrier"]
     assert len(barriers) == 2  # prefetch 0: after the reads and the update; midblock: the update, the midpoint
     for e in barriers:
