@@ -27,6 +27,7 @@
 #          and alone (scripts/trace_overlap.py; the summary goes into the JSON, the perfetto traces into OUTDIR)
 #   slicemid / fullmid  the 6-block slice / the 7B with config.offload_midblock_fetch (block i + 1's fetch ordered
 #          after block i's self-attention, the write-backs before it); sliceoptmid / fulloptmid the same, EMA on device
+#   fullbest  fullmid or fullp0, whichever of slicemid and slicep0 (run before it in the same call) was faster
 #   lora   LoRA r16 of the 7B with remat attention_outside (no offload)
 #   train  python -m cosmos_jax.train --config=configs/waymo_1gpu.py (the user's command) on synthetic clips at the
 #          seed shape, stopped with Ctrl-C (SIGINT) once step 2 is logged: a 7B full checkpoint (~108 GB) does not
@@ -133,6 +134,23 @@ for s in $STAGES; do
       bench full_overlap_opt_mid 290 --steps 3 --config.remat=full "$OFF_OPT" $OVL --config.offload_midblock_fetch=True ;;
     fullmid)
       bench full_overlap_mid 290 --steps 3 --config.remat=full "$OFF" $OVL --config.offload_midblock_fetch=True ;;
+    fullbest)  # fullmid or fullp0, whichever of slicemid / slicep0 ran faster earlier in this call (both must have run)
+      pick=$(python3 - "$OUT" <<'PY'
+import glob, json, sys
+t = {}
+for f in glob.glob(sys.argv[1] + "/train_6blocks_remat-full_offload-opt_state-ema_overlap_*.json"):
+    r = json.load(open(f))
+    if r.get("offload_midblock_fetch") or r["offload_prefetch"] == 0:
+        t["mid" if r.get("offload_midblock_fetch") else "p0"] = r["step_time_s"]
+print(min(t, key=t.get) if len(t) == 2 else "")
+PY
+)
+      echo "fullbest: slice times pick '$pick'" | tee -a "$LOGS/offload.log"
+      case $pick in
+        mid) bench full_overlap_mid 290 --steps 3 --config.remat=full "$OFF" $OVL --config.offload_midblock_fetch=True ;;
+        p0) bench full_overlap_p0 290 --steps 3 --config.remat=full "$OFF" $OVL --config.offload_prefetch=0 ;;
+        *) echo "fullbest needs slicemid and slicep0 first"; exit 2 ;;
+      esac ;;
     fullp2)
       bench full_overlap_p2 290 --steps 3 --config.remat=full "$OFF" $OVL --config.offload_prefetch=2 ;;
     fullopt)
