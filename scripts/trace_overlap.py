@@ -3,8 +3,10 @@
     python scripts/trace_overlap.py TRACE_DIR_OR_FILE      # perfetto_trace.json.gz from bench_train.py --trace DIR
 
 The trace is the Chrome-trace JSON that `jax.profiler.trace(dir, create_perfetto_trace=True)` writes (CUPTI's GPU
-activity: one thread per CUDA stream). On the GPU streams, an event whose name (or its stream's name) says memcpy
-is a copy: host-to-device (HtoD / H2D), device-to-host (DtoH / D2H) or other; every other event there is a kernel.
+activity: one thread per CUDA stream). On the GPU streams, an event whose name says memcpy (or memset) is a copy:
+host-to-device (HtoD / H2D), device-to-host (DtoH / D2H) or other, read from its name and its `memcpy_details`;
+every other event there is a kernel. A stream's own name does not decide: it lists every kind of work the stream
+carried (`Stream #14(MemcpyH2D,Compute,MemcpyD2D,Memset,MemcpyD2H)` is XLA's compute stream).
 Prints, in seconds: the span of the GPU activity and the time nothing ran on the GPU in it (where the host held
 the work back), the time any kernel ran, the time each copy direction ran, the time copies ran under kernels
 (`copy_under_kernels_s`) and the time they ran alone (`copy_exposed_s`), and the time both directions ran at once.
@@ -86,9 +88,10 @@ def classify(trace: dict) -> dict[str, list[tuple[float, float]]]:
         stream = threads.get((e["pid"], e.get("tid")), "")
         if not re.search(r"stream", stream, re.I):  # per-op summary lines, not the streams' activity
             continue
-        text = f"{e.get('name', '')} {stream} {json.dumps(e.get('args', {}))}"
+        name = e.get("name", "")
+        text = f"{name} {e.get('args', {}).get('memcpy_details', '')}"
         span = (e["ts"] * 1e-6, (e["ts"] + e["dur"]) * 1e-6)
-        if _MEMCPY.search(e.get("name", "")) or _MEMCPY.search(stream):
+        if _MEMCPY.search(name):
             kind = "h2d" if _H2D.search(text) else "d2h" if _D2H.search(text) else "other_copy"
         else:
             kind = "kernel"

@@ -9,11 +9,12 @@ from scripts import trace_overlap as to
 
 
 def _trace():
-    """GPU: kernels 0-100 ms and 150-200 ms on stream 7; H2D 80-120 ms and D2H 90-160 ms on copy streams; a host
-    thread's event and a per-op summary line that must not count."""
+    """GPU: kernels 0-100 ms and 150-200 ms on stream 7 (named, as XLA's compute stream is, after every kind of
+    work it carried); H2D 80-120 ms and D2H 90-160 ms on copy streams; a host thread's event and a per-op summary
+    line that must not count."""
     meta = [{"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/device:GPU:0"}},
             {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/host:CPU"}},
-            {"ph": "M", "name": "thread_name", "pid": 1, "tid": 7, "args": {"name": "Stream #7"}},
+            {"ph": "M", "name": "thread_name", "pid": 1, "tid": 7, "args": {"name": "Stream #7(MemcpyH2D,Compute,MemcpyD2H)"}},
             {"ph": "M", "name": "thread_name", "pid": 1, "tid": 13, "args": {"name": "Stream #13(MemcpyH2D)"}},
             {"ph": "M", "name": "thread_name", "pid": 1, "tid": 14, "args": {"name": "Stream #14"}},
             {"ph": "M", "name": "thread_name", "pid": 1, "tid": 99, "args": {"name": "XLA Ops"}},
