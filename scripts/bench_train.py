@@ -108,6 +108,7 @@ def main(argv):
     from cosmos_jax import distributed, offload, sharding
 
     offload.raise_host_memory_limit(flags.FLAGS.config.get("offload"))  # as the train command does
+    offload.keep_host_copies_async(flags.FLAGS.config.get("offload"))
     distributed.maybe_initialize()  # several processes: COSMOS_JAX_* variables or Slurm (cosmos_jax/distributed.py)
     f = flags.FLAGS
     config = f.config

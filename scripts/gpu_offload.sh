@@ -27,7 +27,13 @@
 #          and alone (scripts/trace_overlap.py; the summary goes into the JSON, the perfetto traces into OUTDIR)
 #   slicemid / fullmid  the 6-block slice / the 7B with config.offload_midblock_fetch (block i + 1's fetch ordered
 #          after block i's self-attention, the write-backs before it); sliceoptmid / fulloptmid the same, EMA on device
-#   fullbest  fullmid or fullp0, whichever of slicemid and slicep0 (run before it in the same call) was faster
+#   slicenocb  slicep0 with every XLA command buffer off (XLA_FLAGS=--xla_gpu_enable_command_buffer=); offloaded runs
+#          otherwise get cosmos_jax.offload.COMMAND_BUFFER_TYPES (no WHILE: a loop run as a CUDA graph serialised
+#          every host copy on the compute stream, slicetrace of 2026-12-07)
+#   slicethunks  compile-only 2-block slicep0 with the thunk sequence XLA runs on this card (command buffers, streams)
+#          into the logs
+#   fullbest  fullmid or fullp0, whichever of slicemid and slicep0 (run before it in the same call) was faster (or
+#          fullp0 without command buffers, where slicenocb ran and beat both)
 #   lora   LoRA r16 of the 7B with remat attention_outside (no offload)
 #   train  python -m cosmos_jax.train --config=configs/waymo_1gpu.py (the user's command) on synthetic clips at the
 #          seed shape, stopped with Ctrl-C (SIGINT) once step 2 is logged: a 7B full checkpoint (~108 GB) does not
@@ -120,6 +126,15 @@ for s in $STAGES; do
         f=$(find "$W/trace_$t" -name 'perfetto_trace.json.gz' | tail -1)
         [ -n "$f" ] && [ "$(stat -c %s "$f")" -lt 16000000 ] && cp "$f" "$OUT/trace_$t.json.gz"
       done ;;
+    slicenocb)  # slicep0 with no command buffers at all (a value the user sets is kept by cosmos_jax.offload)
+      XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=" bench slice_overlap_p0_nocb 150 --blocks 6 --steps 5 \
+        --config.remat=full "$OFF" $OVL --config.offload_prefetch=0 --name slice_overlap_p0_nocb ;;
+    slicethunks)  # what XLA runs on this card: the 2-block p0 step's thunks after its passes, into the logs
+      XLA_FLAGS="${XLA_FLAGS:-} --xla_dump_to=$W/dump_p0 --xla_dump_hlo_module_re=jit_train_step" bench hlo_thunks_p0 150 \
+        --blocks 2 --compile_only --config.remat=full "$OFF" $OVL --config.offload_prefetch=0
+      cp "$W"/dump_p0/*jit_train_step*thunk_sequence_after_thunk_passes.txt "$LOGS/" 2>/dev/null
+      grep -o "kCommandBuffer\|kWhile\|kAsyncStart\|kDynamicSliceFusion" "$LOGS"/*thunk_sequence_after_thunk_passes.txt \
+        | sort | uniq -c | tee -a "$LOGS/offload.log" ;;
     slicep0)  # block i's moments and EMA read at the top of its own iteration (config.offload_prefetch=0)
       bench slice_overlap_p0 150 --blocks 6 --steps 5 --config.remat=full "$OFF" $OVL --config.offload_prefetch=0 ;;
     fullp0)
@@ -142,13 +157,17 @@ for f in glob.glob(sys.argv[1] + "/train_6blocks_remat-full_offload-opt_state-em
     r = json.load(open(f))
     if r.get("offload_midblock_fetch") or r["offload_prefetch"] == 0:
         t["mid" if r.get("offload_midblock_fetch") else "p0"] = r["step_time_s"]
-print(min(t, key=t.get) if len(t) == 2 else "")
+for f in glob.glob(sys.argv[1] + "/slice_overlap_p0_nocb_*.json"):  # slicenocb, where it ran
+    t["p0nocb"] = json.load(open(f))["step_time_s"]
+print(min(t, key=t.get) if {"mid", "p0"} <= set(t) else "")
 PY
 )
       echo "fullbest: slice times pick '$pick'" | tee -a "$LOGS/offload.log"
       case $pick in
         mid) bench full_overlap_mid 290 --steps 3 --config.remat=full "$OFF" $OVL --config.offload_midblock_fetch=True ;;
         p0) bench full_overlap_p0 290 --steps 3 --config.remat=full "$OFF" $OVL --config.offload_prefetch=0 ;;
+        p0nocb) XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=" bench full_overlap_p0_nocb 290 --steps 3 \
+          --config.remat=full "$OFF" $OVL --config.offload_prefetch=0 --name full_overlap_p0_nocb ;;
         *) echo "fullbest needs slicemid and slicep0 first"; exit 2 ;;
       esac ;;
     fullp2)

@@ -239,3 +239,16 @@ def test_host_memory_limit_raised_for_offload_only(monkeypatch):
     assert limit == int(0.9 * ram_gb) and os.environ[offload.HOST_LIMIT_VAR] == str(limit)
     monkeypatch.setenv(offload.HOST_LIMIT_VAR, "7")  # the user's own value is kept
     assert offload.raise_host_memory_limit(("ema",)) is None and os.environ[offload.HOST_LIMIT_VAR] == "7"
+
+
+def test_command_buffer_flag_added_for_offload_only(monkeypatch):
+    # XLA's CUDA graphs ran the streaming loops' host copies one after another on the compute stream (H100 trace)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
+    assert offload.keep_host_copies_async(()) is None and os.environ["XLA_FLAGS"] == "--xla_dump_to=/tmp/x"
+    flag = offload.keep_host_copies_async(("opt_state",))
+    assert flag == f"--xla_gpu_enable_command_buffer={offload.COMMAND_BUFFER_TYPES}"
+    assert os.environ["XLA_FLAGS"] == f"--xla_dump_to=/tmp/x {flag}"
+    assert "WHILE" not in flag and "CONDITIONAL" not in flag and "COPY" not in flag
+    monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_enable_command_buffer=")  # the user's own choice is kept
+    assert offload.keep_host_copies_async(("ema",)) is None
+    assert os.environ["XLA_FLAGS"] == "--xla_gpu_enable_command_buffer="
