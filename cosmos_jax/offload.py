@@ -52,8 +52,9 @@ COMMAND_BUFFER_FLAG = "--xla_gpu_enable_command_buffer"
 # What XLA may record into CUDA graphs where parts are offloaded: kernels, GEMMs, cuDNN and custom calls, not whole
 # loops (WHILE, CONDITIONAL) nor dynamic-slice copies. Measured on an H100 (JAX 0.11, scripts/gpu_offload.sh
 # slicetrace): with XLA's defaults the blocks' loops ran as CUDA graphs whose host <-> device copies executed one
-# after another on the compute stream, none of them under a kernel (0.70 s of copies, 0.00 s overlapped, in a 4.07 s
-# step of the 6-block slice); outside a graph they run on XLA's copy streams as its compiled schedule has them.
+# after another on the compute stream, beside no kernel (0.73 s of copies, 0.009 s of it under kernels, in a 4.07 s
+# step of the 6-block slice). Outside a graph they should run on XLA's copy streams as its compiled schedule has
+# them: not yet measured.
 COMMAND_BUFFER_TYPES = "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN"
 
 
