@@ -32,7 +32,7 @@
 #          every host copy on the compute stream, slicetrace of 2026-12-07)
 #   slicethunks  compile-only 2-block slicep0 with the thunk sequence XLA runs on this card (command buffers, streams)
 #          into the logs
-#   fullbest  fullmid or fullp0, whichever of slicemid and slicep0 (run before it in the same call) was faster (or
+#   fullbest  fullmid or fullp0, whichever of slicemid and slicep0 (run before it on this machine) was faster (or
 #          fullp0 without command buffers, where slicenocb ran and beat both)
 #   lora   LoRA r16 of the 7B with remat attention_outside (no offload)
 #   train  python -m cosmos_jax.train --config=configs/waymo_1gpu.py (the user's command) on synthetic clips at the
@@ -64,6 +64,7 @@ bench() {  # name, timeout, args...
   echo "=== $name: $*" | tee -a "$LOGS/offload.log"
   timeout "$limit" python3 scripts/bench_train.py --config=configs/waymo.py --out "$OUT" "$@" > "$LOGS/$name.txt" 2>&1
   echo "rc=$?" | tee -a "$LOGS/offload.log"
+  mkdir -p "$W/json" && cp "$OUT"/*.json "$W/json/" 2>/dev/null  # kept on the machine for a later call's fullbest
   grep -E '^\{"blocks"|^step [0-9]+:|"(step_time_s|mfu|peak_memory_gb|peak_host_rss_gb|compile_s)"|RESOURCE_EXHAUSTED|Error|wrote' \
     "$LOGS/$name.txt" | tail -12 | tee -a "$LOGS/offload.log"
 }
@@ -149,8 +150,8 @@ for s in $STAGES; do
       bench full_overlap_opt_mid 290 --steps 3 --config.remat=full "$OFF_OPT" $OVL --config.offload_midblock_fetch=True ;;
     fullmid)
       bench full_overlap_mid 290 --steps 3 --config.remat=full "$OFF" $OVL --config.offload_midblock_fetch=True ;;
-    fullbest)  # fullmid or fullp0, whichever of slicemid / slicep0 ran faster earlier in this call (both must have run)
-      pick=$(python3 - "$OUT" <<'PY'
+    fullbest)  # fullmid or fullp0, whichever of slicemid / slicep0 ran faster on this machine (both must have run)
+      pick=$(python3 - "$W/json" <<'PY'
 import glob, json, sys
 t = {}
 for f in glob.glob(sys.argv[1] + "/train_6blocks_remat-full_offload-opt_state-ema_overlap_*.json"):
