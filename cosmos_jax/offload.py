@@ -72,6 +72,17 @@ def keep_host_copies_async(parts) -> str | None:
     return flag
 
 
+def prepare_backend(parts) -> list[str]:
+    """Before the GPU backend starts, what an offloaded run needs of it (the train command and bench_train.py both
+    call this): raise_host_memory_limit, keep_host_copies_async. Returns what was set, for the log."""
+    done = []
+    if gb := raise_host_memory_limit(parts):
+        done.append(f"pinned host memory capped at {gb} GB ({HOST_LIMIT_VAR})")
+    if flag := keep_host_copies_async(parts):
+        done.append(f"XLA_FLAGS += {flag} (the streaming loops outside CUDA graphs)")
+    return done
+
+
 def check(offload, scan_blocks: bool) -> tuple[str, ...]:
     """The validated `config.offload` tuple (ValueError naming the value and what is expected)."""
     parts = tuple(offload or ())

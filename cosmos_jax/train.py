@@ -291,11 +291,8 @@ def main(argv):
     if flags.FLAGS.config is None:
         raise app.UsageError("--config is required")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    host_gb = offload.raise_host_memory_limit(flags.FLAGS.config.get("offload"))
-    if host_gb:
-        log.info("config.offload: pinned host memory capped at %d GB (%s)", host_gb, offload.HOST_LIMIT_VAR)
-    if cb_flag := offload.keep_host_copies_async(flags.FLAGS.config.get("offload")):
-        log.info("config.offload: XLA_FLAGS += %s (the streaming loops outside CUDA graphs)", cb_flag)
+    for line in offload.prepare_backend(flags.FLAGS.config.get("offload")):
+        log.info("config.offload: %s", line)
     # SIGINT stops the run cleanly (KeyboardInterrupt: the curves are plotted, the last checkpoint named) even when
     # the process was started with SIGINT ignored, as a shell does for `cmd &` in a script: `kill -INT`, `timeout -s
     # INT` and a scheduler's signal must reach a training started in the background too.

@@ -107,8 +107,7 @@ def main(argv):
     os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")
     from cosmos_jax import distributed, offload, sharding
 
-    offload.raise_host_memory_limit(flags.FLAGS.config.get("offload"))  # as the train command does
-    offload.keep_host_copies_async(flags.FLAGS.config.get("offload"))
+    offload.prepare_backend(flags.FLAGS.config.get("offload"))  # as the train command does
     distributed.maybe_initialize()  # several processes: COSMOS_JAX_* variables or Slurm (cosmos_jax/distributed.py)
     f = flags.FLAGS
     config = f.config

@@ -252,3 +252,12 @@ def test_command_buffer_flag_added_for_offload_only(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_enable_command_buffer=")  # the user's own choice is kept
     assert offload.keep_host_copies_async(("ema",)) is None
     assert os.environ["XLA_FLAGS"] == "--xla_gpu_enable_command_buffer="
+
+
+def test_prepare_backend_sets_both_for_offload_only(monkeypatch):
+    monkeypatch.delenv(offload.HOST_LIMIT_VAR, raising=False)
+    monkeypatch.setenv("XLA_FLAGS", "")
+    assert offload.prepare_backend(()) == [] and offload.HOST_LIMIT_VAR not in os.environ
+    done = offload.prepare_backend(("opt_state", "ema"))
+    assert len(done) == 2 and os.environ[offload.HOST_LIMIT_VAR] in done[0]
+    assert os.environ["XLA_FLAGS"] == f"{offload.COMMAND_BUFFER_FLAG}={offload.COMMAND_BUFFER_TYPES}"
