@@ -27,9 +27,10 @@
 #          and alone (scripts/trace_overlap.py; the summary goes into the JSON, the perfetto traces into OUTDIR)
 #   slicemid / fullmid  the 6-block slice / the 7B with config.offload_midblock_fetch (block i + 1's fetch ordered
 #          after block i's self-attention, the write-backs before it); sliceoptmid / fulloptmid the same, EMA on device
-#   slicenocb  slicep0 with every XLA command buffer off (XLA_FLAGS=--xla_gpu_enable_command_buffer=); offloaded runs
-#          otherwise get cosmos_jax.offload.COMMAND_BUFFER_TYPES (no WHILE: a loop run as a CUDA graph serialised
-#          every host copy on the compute stream, slicetrace of 2026-12-07)
+#   slicenocb / fullp0nocb  slicep0 / fullp0 with every XLA command buffer off
+#          (XLA_FLAGS=--xla_gpu_enable_command_buffer=); offloaded runs otherwise get
+#          cosmos_jax.offload.COMMAND_BUFFER_TYPES (no WHILE: a loop run as a CUDA graph serialised every host copy
+#          on the compute stream, slicetrace of 2026-12-07)
 #   slicethunks  compile-only 2-block slicep0 with the thunk sequence XLA runs on this card (command buffers, streams)
 #          into the logs
 #   fullbest  fullmid or fullp0, whichever of slicemid and slicep0 (run before it on this machine) was faster (or
@@ -68,7 +69,8 @@ bench() {  # name, timeout, args...
   grep -E '^\{"blocks"|^step [0-9]+:|"(step_time_s|mfu|peak_memory_gb|peak_host_rss_gb|compile_s)"|RESOURCE_EXHAUSTED|Error|wrote' \
     "$LOGS/$name.txt" | tail -12 | tee -a "$LOGS/offload.log"
 }
-for s in $STAGES; do
+stage() {  # one stage by name (fullbest runs another through it)
+  local s=$1
   case $s in
     pcie)
       HLO_DIR=$LOGS/hlo timeout 240 python3 scripts/bench_transfer.py --out "$OUT" > "$LOGS/pcie.txt" 2>&1
@@ -164,13 +166,11 @@ print(min(t, key=t.get) if {"mid", "p0"} <= set(t) else "")
 PY
 )
       echo "fullbest: slice times pick '$pick'" | tee -a "$LOGS/offload.log"
-      case $pick in
-        mid) bench full_overlap_mid 290 --steps 3 --config.remat=full "$OFF" $OVL --config.offload_midblock_fetch=True ;;
-        p0) bench full_overlap_p0 290 --steps 3 --config.remat=full "$OFF" $OVL --config.offload_prefetch=0 ;;
-        p0nocb) XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=" bench full_overlap_p0_nocb 290 --steps 3 \
-          --config.remat=full "$OFF" $OVL --config.offload_prefetch=0 --name full_overlap_p0_nocb ;;
-        *) echo "fullbest needs slicemid and slicep0 first"; exit 2 ;;
-      esac ;;
+      [ -n "$pick" ] || { echo "fullbest needs slicemid and slicep0 first"; exit 2; }
+      stage "full$pick" ;;
+    fullp0nocb)  # fullp0 with no command buffers at all
+      XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=" bench full_overlap_p0_nocb 290 --steps 3 \
+        --config.remat=full "$OFF" $OVL --config.offload_prefetch=0 --name full_overlap_p0_nocb ;;
     fullp2)
       bench full_overlap_p2 290 --steps 3 --config.remat=full "$OFF" $OVL --config.offload_prefetch=2 ;;
     fullopt)
@@ -192,5 +192,8 @@ PY
         | tee -a "$LOGS/offload.log" ;;
     *) echo "unknown stage $s"; exit 2 ;;
   esac
+}
+for s in $STAGES; do
+  stage "$s"
   tar czf "$OUT/offload_logs.tgz" -C "$LOGS" .
 done
