@@ -129,8 +129,8 @@ def _eqns(jaxpr):
 @pytest.mark.parametrize("prefetch,midblock", [(0, False), (1, True)])
 def test_block_reads_index_by_the_loop_counter(prefetch, midblock):
     """The block loop's slice indices never pass an optimization barrier: an index that is no function of the loop
-    counter makes XLA's GPU compile read host memory with SM kernels instead of the copy engines (docs/offload.md), which
-    the first midblock fetch did."""
+    counter makes XLA's GPU compile read host memory with SM kernels instead of the copy engines
+    (docs/offload.md), which the first midblock fetch did."""
     mesh = sharding.one_device_mesh()
     step, _, _, _, fresh_state = overlapped_step(overlap_config(prefetch=prefetch, midblock=midblock), mesh)
     with sharding.activate(mesh):
