@@ -75,7 +75,7 @@ def test_one_gpu_full_fine_tune_config():
 
     c = waymo_1gpu.get_config("v2w")
     assert c.offload == ("opt_state", "ema") and not c.checkpoint.async_save and c.lora.rank == 0
-    assert c.offload_overlap and c.remat == "full"
+    assert c.offload_overlap and c.remat == "full" and c.offload_prefetch == 0
     assert c.conditioning.condition_location == "first_cam_and_random_n"
     config_check.check(c, 1)
     c.grad_accum = 2
