@@ -33,8 +33,8 @@
 #          on the compute stream, slicetrace of 2026-12-07)
 #   slicethunks  compile-only 2-block slicep0 with the thunk sequence XLA runs on this card (command buffers, streams)
 #          into the logs
-#   fullbest  fullmid or fullp0, whichever of slicemid and slicep0 (run before it on this machine) was faster (or
-#          fullp0 without command buffers, where slicenocb ran and beat both)
+#   fullbest  the 7B in the order the slices that ran before it on this machine found fastest: fullp0 (slicep0),
+#          full (sliceovl: prefetch 1), fullmid (slicemid) or fullp0nocb (slicenocb); two of them must have run
 #   lora   LoRA r16 of the 7B with remat attention_outside (no offload)
 #   train  python -m cosmos_jax.train --config=configs/waymo_1gpu.py (the user's command) on synthetic clips at the
 #          seed shape, stopped with Ctrl-C (SIGINT) once step 2 is logged: a 7B full checkpoint (~108 GB) does not
@@ -152,21 +152,25 @@ stage() {  # one stage by name (fullbest runs another through it)
       bench full_overlap_opt_mid 290 --steps 3 --config.remat=full "$OFF_OPT" $OVL --config.offload_midblock_fetch=True ;;
     fullmid)
       bench full_overlap_mid 290 --steps 3 --config.remat=full "$OFF" $OVL --config.offload_midblock_fetch=True ;;
-    fullbest)  # fullmid or fullp0, whichever of slicemid / slicep0 ran faster on this machine (both must have run)
+    fullbest)  # the 7B in the fastest of the slice's offloaded orders that ran before it on this machine (at least
+      # two of slicep0, sliceovl, slicemid, slicenocb): fullp0, full (prefetch 1), fullmid or fullp0nocb
       pick=$(python3 - "$W/json" <<'PY'
 import glob, json, sys
 t = {}
-for f in glob.glob(sys.argv[1] + "/train_6blocks_remat-full_offload-opt_state-ema_overlap_*.json"):
+for f in glob.glob(sys.argv[1] + "/train_6blocks_remat-full_offload-opt_state-ema_overlap*.json"):
     r = json.load(open(f))
-    if r.get("offload_midblock_fetch") or r["offload_prefetch"] == 0:
-        t["mid" if r.get("offload_midblock_fetch") else "p0"] = r["step_time_s"]
+    if not r["name"].startswith("train_") or r.get("pgle_profiling_runs"):
+        continue  # a named variant (pipelined, traced, ...) or a PGLE run: not one of the orders compared here
+    key = "mid" if r.get("offload_midblock_fetch") else {0: "p0", 1: "p1"}.get(r["offload_prefetch"])
+    if key:
+        t[key] = r["step_time_s"]
 for f in glob.glob(sys.argv[1] + "/slice_overlap_p0_nocb_*.json"):  # slicenocb, where it ran
     t["p0nocb"] = json.load(open(f))["step_time_s"]
-print(min(t, key=t.get) if {"mid", "p0"} <= set(t) else "")
+print({"p0": "p0", "p1": "", "mid": "mid", "p0nocb": "p0nocb"}[min(t, key=t.get)] if len(t) > 1 else "?")
 PY
-)
-      echo "fullbest: slice times pick '$pick'" | tee -a "$LOGS/offload.log"
-      [ -n "$pick" ] || { echo "fullbest needs slicemid and slicep0 first"; exit 2; }
+) || pick="?"  # the picker failed: run nothing rather than the default
+      echo "fullbest: slice times pick 'full$pick'" | tee -a "$LOGS/offload.log"
+      case $pick in ""|p0|mid|p0nocb) ;; *) echo "fullbest needs two of slicep0, sliceovl, slicemid, slicenocb first"; exit 2 ;; esac
       stage "full$pick" ;;
     fullp0nocb)  # fullp0 with no command buffers at all
       XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=" bench full_overlap_p0_nocb 290 --steps 3 \
