@@ -37,8 +37,8 @@
 #          full (sliceovl: prefetch 1), fullmid (slicemid) or fullp0nocb (slicenocb); two of them must have run
 #   lora   LoRA r16 of the 7B with remat attention_outside (no offload)
 #   train  python -m cosmos_jax.train --config=configs/waymo_1gpu.py (the user's command) on synthetic clips at the
-#          seed shape, stopped with Ctrl-C (SIGINT) once step 2 is logged: a 7B full checkpoint (~108 GB) does not
-#          fit the lent machine's 64 GB disk
+#          seed shape, stopped with Ctrl-C (SIGINT) once step 3 is logged (steps 2 and 3 timed apart): a 7B full
+#          checkpoint (~108 GB) does not fit the lent machine's 64 GB disk
 # The bench JSONs land in OUTDIR, the logs in OUTDIR/offload_logs.tgz (packed again after each stage, so a call cut
 # short still brings back what ran): one JSON per bench, so at most 7 benches in one call (the device tool
 # brings back 8 files from $OUT).
@@ -186,10 +186,10 @@ PY
         > "$LOGS/train_data.log" 2>&1
       OUTPUT_ROOT=$W/jobs python3 -m cosmos_jax.train --config=configs/waymo_1gpu.py --config.tokenizer.name=haar \
         --config.data.dataset_dir="$W/data" --config.data.val_dataset_dir="$W/none" --config.samples.enabled=False \
-        --config.checkpoint.load_path= --config.max_iter=3 --config.log_every=1 --noprogress ${TRAIN_EXTRA:-} > "$LOGS/train.txt" 2>&1 &
+        --config.checkpoint.load_path= --config.max_iter=4 --config.log_every=1 --noprogress ${TRAIN_EXTRA:-} > "$LOGS/train.txt" 2>&1 &
       pid=$!
       for _ in $(seq 1 540); do
-        grep -q "step 2/3" "$LOGS/train.txt" && break; kill -0 $pid 2>/dev/null || break; sleep 1
+        grep -q "step 3/4" "$LOGS/train.txt" && break; kill -0 $pid 2>/dev/null || break; sleep 1
       done
       kill -INT $pid 2>/dev/null; wait $pid; echo "train rc=$?" | tee -a "$LOGS/offload.log"
       grep -E "job |state built|compiled|first step|step [0-9]/|interrupted|error" "$LOGS/train.txt" | cut -c1-400 \
