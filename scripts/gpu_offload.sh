@@ -34,7 +34,8 @@
 #   slicethunks  compile-only 2-block slicep0 with the thunk sequence XLA runs on this card (command buffers, streams)
 #          into the logs
 #   fullbest  the 7B in the order the slices that ran before it on this machine found fastest: fullp0 (slicep0),
-#          full (sliceovl: prefetch 1), fullmid (slicemid) or fullp0nocb (slicenocb); two of them must have run
+#          full (sliceovl: prefetch 1), fullmid (slicemid) or fullp0nocb (slicenocb); two of them must have run.
+#          A `train` stage after it runs the same order
 #   lora   LoRA r16 of the 7B with remat attention_outside (no offload)
 #   train  python -m cosmos_jax.train --config=configs/waymo_1gpu.py (the user's command) on synthetic clips at the
 #          seed shape, stopped with Ctrl-C (SIGINT) once step 3 is logged (steps 2 and 3 timed apart): a 7B full
@@ -171,6 +172,14 @@ PY
 ) || pick="?"  # the picker failed: run nothing rather than the default
       echo "fullbest: slice times pick 'full$pick'" | tee -a "$LOGS/offload.log"
       case $pick in ""|p0|mid|p0nocb) ;; *) echo "fullbest needs two of slicep0, sliceovl, slicemid, slicenocb first"; exit 2 ;; esac
+      # a later `train` stage in this call runs the same order (unless TRAIN_EXTRA was given)
+      case $pick in
+        "") order=--config.offload_prefetch=1 ;;
+        mid) order="--config.offload_prefetch=1 --config.offload_midblock_fetch=True" ;;
+        *) order=--config.offload_prefetch=0 ;;
+      esac
+      TRAIN_EXTRA=${TRAIN_EXTRA:-$order}
+      [ "$pick" = p0nocb ] && export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer="  # train too
       stage "full$pick" ;;
     fullp0nocb)  # fullp0 with no command buffers at all
       XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=" bench full_overlap_p0_nocb 290 --steps 3 \
