@@ -2,13 +2,15 @@
 its optimized HLO and where its host-memory copies run (scripts/hlo_host_copies.py), on a machine without a GPU.
 
     python scripts/aot_hlo.py --config=configs/waymo.py --target h200 --blocks 2 \\
-        --config.offload='("opt_state","ema")' --config.offload_overlap=True --config.remat=full --dump step.hlo.txt.gz
+        --config.offload='("opt_state","ema")' --config.offload_overlap=True --config.remat=full \\
+        --dump step.hlo.txt.gz --thunks DIR   # DIR: XLA's dump; prints the loops' thunk order (thunk_order.py)
 
 Needs JAX with its CUDA plugin (`pip install 'jax[cuda13]'`; no GPU, no driver). Without a device nothing can be
 timed, so XLA's autotuning is off (`--xla_gpu_autotune_level=0`): the kernels it picks may differ from a compile on
 the card, while the passes that place and schedule the host copies are the same. What it is for: seeing how XLA
 runs the offloaded update's copies (async or on the compute stream, and what runs between their start and done)
-while the lent GPUs are out of reach.
+while the lent GPUs are out of reach. An offloaded config compiles with the XLA flags the train command adds
+(cosmos_jax.offload.keep_host_copies_async).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from scripts import hlo_host_copies  # noqa: E402
+from cosmos_jax import offload  # noqa: E402
+from scripts import hlo_host_copies, thunk_order  # noqa: E402
 from scripts.bench_train import build, memory_stats_gib  # noqa: E402
 
 # What XLA reads of the card (xla/stream_executor/device_description.proto). Public figures: 132 SMs at 1.98 GHz
@@ -97,8 +100,14 @@ def lower(config, devices: int = 1):
 def main(argv):
     del argv
     f = flags.FLAGS
-    deviceless_env(f.devices)
     config = f.config
+    # the XLA flags an offloaded run of train / bench_train compiles with (cosmos_jax.offload.prepare_backend)
+    if added := offload.keep_host_copies_async(tuple(config.get("offload") or ())):
+        print(f"XLA_FLAGS += {' '.join(added)}", file=sys.stderr)
+    if f.thunks:  # XLA writes the step's thunk sequence there as it compiles
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_dump_to={f.thunks}"
+                                   " --xla_dump_hlo_module_re=jit_train_step").strip()
+    deviceless_env(f.devices)
     if f.blocks:
         config.model.num_blocks = f.blocks
     lowered, info = lower(config, f.devices)
@@ -110,6 +119,15 @@ def main(argv):
         with (gzip.open(f.dump, "wt") if f.dump.endswith(".gz") else open(f.dump, "w")) as fh:
             fh.write(hlo)
     print(hlo_host_copies.summary(hlo))
+    if f.thunks:
+        import glob
+
+        found = sorted(glob.glob(os.path.join(f.thunks, "*jit_train_step*.thunk_sequence_after_thunk_passes.txt")))
+        if not found:
+            raise FileNotFoundError(f"--thunks={f.thunks}: XLA wrote no *jit_train_step*.thunk_sequence_after_thunk_"
+                                    "passes.txt there")
+        with open(found[-1]) as fh:
+            print("\n".join(thunk_order.report(fh.read())))
 
 
 if __name__ == "__main__":
@@ -118,4 +136,6 @@ if __name__ == "__main__":
     flags.DEFINE_integer("devices", 1, "GPUs of one host (the config's mesh over them)")
     flags.DEFINE_integer("blocks", 0, "a K-block slice (0 = the config's)")
     flags.DEFINE_string("dump", "", "write the optimized HLO here (.gz: gzip text)")
+    flags.DEFINE_string("thunks", "", "dump XLA's files into this folder and print the loops' thunk order "
+                        "(scripts/thunk_order.py)")
     app.run(main)
