@@ -2,7 +2,6 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
 
@@ -39,9 +38,12 @@ def run(data, out, *extra, fault=None, expect=0, sigint_ignored=False):
     env = {**os.environ, "OUTPUT_ROOT": str(out), "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
     if fault:
         env["COSMOS_JAX_FAULT"] = fault
-    pre = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
-    p = subprocess.run(args(data, *extra), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-                       preexec_fn=pre)
+    cmd = args(data, *extra)
+    if sigint_ignored:  # through sh's `trap '' INT`: an ignored signal stays ignored across exec. (Not preexec_fn:
+        # Python code run between fork and exec in this multi-threaded process (JAX's threads) can deadlock the
+        # child, which hung a test run here)
+        cmd = ["sh", "-c", "trap '' INT; exec \"$@\"", "sh", *cmd]
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == expect, p.stdout[-2000:] + p.stderr[-4000:]
     return p
 
