@@ -54,30 +54,22 @@ COMMAND_BUFFER_FLAG = "--xla_gpu_enable_command_buffer"
 # slicetrace): with XLA's defaults the blocks' loops ran as CUDA graphs whose host <-> device copies executed one
 # after another on the compute stream, beside no kernel (0.73 s of copies, 0.009 s of it under kernels, in a 4.07 s
 # step of the 6-block slice). With this value the same slice cost +9.9 % over no offload instead of +19.3 % (H100,
-# offload_prefetch=0, 2026-12-07).
+# offload_prefetch=0, 2026-12-07); a profile with it shows the write-backs under the blocks' kernels and the fetches
+# alone (docs/offload.md). Also tried: XLA's limit of async copies in flight raised from 2 to 256
+# (--xla_gpu_experimental_parallel_async_compute_limit): no measurable change on the card (+9.7 % against +10.1 %).
 COMMAND_BUFFER_TYPES = "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN"
-ASYNC_LIMIT_FLAG = "--xla_gpu_experimental_parallel_async_compute_limit"
-# How many async computations XLA's latency-hiding scheduler keeps in flight at once. Each host copy of a block
-# tensor is one (an async dynamic-slice fusion), and a block has ~60 of them each way (20 tensors x mu, nu, EMA).
-# At XLA's default, 2, the schedule is start, start, done, start, done, ...: all but the last two of a block's
-# write-backs land before its compute starts (scripts/aot_hlo.py, thunk order of the compiled loop, JAX 0.10.2). With
-# room for all of them the write-backs start before the block's kernels and are waited for after them.
-ASYNC_LIMIT = 256
 
 
-def keep_host_copies_async(parts) -> list[str]:
-    """Before the GPU backend starts: where `parts` are offloaded, add to XLA_FLAGS each of
-    --xla_gpu_enable_command_buffer=COMMAND_BUFFER_TYPES (the loops that stream the offloaded state stay out of CUDA
-    graphs) and --xla_gpu_experimental_parallel_async_compute_limit=ASYNC_LIMIT (a block's copies all in flight
-    under its compute) that the user's XLA_FLAGS do not name. Returns the flags added."""
+def keep_host_copies_async(parts) -> str | None:
+    """Before the GPU backend starts: where `parts` are offloaded and the user's XLA_FLAGS name no
+    --xla_gpu_enable_command_buffer, add it with COMMAND_BUFFER_TYPES (the loops that stream the offloaded state
+    stay out of CUDA graphs, so their copies overlap the compute). Returns the flag added, or None."""
     flags = os.environ.get("XLA_FLAGS", "")
-    if not parts:
-        return []
-    added = [f"{name}={value}" for name, value in ((COMMAND_BUFFER_FLAG, COMMAND_BUFFER_TYPES),
-                                                  (ASYNC_LIMIT_FLAG, ASYNC_LIMIT)) if name not in flags]
-    if added:
-        os.environ["XLA_FLAGS"] = " ".join([flags, *added]).strip()
-    return added
+    if not parts or COMMAND_BUFFER_FLAG in flags:
+        return None
+    flag = f"{COMMAND_BUFFER_FLAG}={COMMAND_BUFFER_TYPES}"
+    os.environ["XLA_FLAGS"] = f"{flags} {flag}".strip()
+    return flag
 
 
 def prepare_backend(parts) -> list[str]:
@@ -86,8 +78,8 @@ def prepare_backend(parts) -> list[str]:
     done = []
     if gb := raise_host_memory_limit(parts):
         done.append(f"pinned host memory capped at {gb} GB ({HOST_LIMIT_VAR})")
-    if added := keep_host_copies_async(parts):
-        done.append(f"XLA_FLAGS += {' '.join(added)} (the streaming loops' host copies under the blocks' compute)")
+    if flag := keep_host_copies_async(parts):
+        done.append(f"XLA_FLAGS += {flag} (the streaming loops outside CUDA graphs)")
     return done
 
 

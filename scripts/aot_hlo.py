@@ -102,8 +102,8 @@ def main(argv):
     f = flags.FLAGS
     config = f.config
     # the XLA flags an offloaded run of train / bench_train compiles with (cosmos_jax.offload.prepare_backend)
-    if added := offload.keep_host_copies_async(tuple(config.get("offload") or ())):
-        print(f"XLA_FLAGS += {' '.join(added)}", file=sys.stderr)
+    if flag := offload.keep_host_copies_async(tuple(config.get("offload") or ())):
+        print(f"XLA_FLAGS += {flag}", file=sys.stderr)
     if f.thunks:  # XLA writes the step's thunk sequence there as it compiles
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_dump_to={f.thunks}"
                                    " --xla_dump_hlo_module_re=jit_train_step").strip()

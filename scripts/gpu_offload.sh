@@ -31,9 +31,6 @@
 #          (XLA_FLAGS=--xla_gpu_enable_command_buffer=); offloaded runs otherwise get
 #          cosmos_jax.offload.COMMAND_BUFFER_TYPES (no WHILE: a loop run as a CUDA graph serialised every host copy
 #          on the compute stream, slicetrace of 2026-12-07)
-#   slicep0l2 / slicemidl2  slicep0 / slicemid with XLA's default limit of two async copies in flight
-#          (--xla_gpu_experimental_parallel_async_compute_limit=2; offloaded runs otherwise get
-#          cosmos_jax.offload.ASYNC_LIMIT, so that a block's write-backs all run under its compute)
 #   slicethunks  compile-only 2-block slicep0 with the thunk sequence XLA runs on this card (command buffers, streams)
 #          into the logs
 #   fullbest  the 7B in the order the slices that ran before it on this machine found fastest: fullp0 (slicep0),
@@ -136,12 +133,6 @@ stage() {  # one stage by name (fullbest runs another through it)
     slicenocb)  # slicep0 with no command buffers at all (a value the user sets is kept by cosmos_jax.offload)
       XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=" bench slice_overlap_p0_nocb 150 --blocks 6 --steps 5 \
         --config.remat=full "$OFF" $OVL --config.offload_prefetch=0 --name slice_overlap_p0_nocb ;;
-    slicep0l2 | slicemidl2)  # slicep0 / slicemid with XLA's default of two async copies in flight (what
-      # cosmos_jax.offload.ASYNC_LIMIT raises): the limit's own effect, on the same machine
-      local mid=--config.offload_prefetch=0
-      [ "$s" = slicemidl2 ] && mid=--config.offload_midblock_fetch=True
-      XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_experimental_parallel_async_compute_limit=2" bench "slice_overlap_${s#slice}" \
-        150 --blocks 6 --steps 5 --config.remat=full "$OFF" $OVL $mid --name "slice_overlap_${s#slice}" ;;
     slicethunks)  # what XLA runs on this card: the 2-block p0 step's thunks after its passes, into the logs
       XLA_FLAGS="${XLA_FLAGS:-} --xla_dump_to=$W/dump_p0 --xla_dump_hlo_module_re=jit_train_step" bench hlo_thunks_p0 150 \
         --blocks 2 --compile_only --config.remat=full "$OFF" $OVL --config.offload_prefetch=0
