@@ -15,6 +15,7 @@ while the lent GPUs are out of reach. An offloaded config compiles with the XLA 
 
 from __future__ import annotations
 
+import glob
 import gzip
 import json
 import os
@@ -120,8 +121,6 @@ def main(argv):
             fh.write(hlo)
     print(hlo_host_copies.summary(hlo))
     if f.thunks:
-        import glob
-
         found = sorted(glob.glob(os.path.join(f.thunks, "*jit_train_step*.thunk_sequence_after_thunk_passes.txt")))
         if not found:
             raise FileNotFoundError(f"--thunks={f.thunks}: XLA wrote no *jit_train_step*.thunk_sequence_after_thunk_"

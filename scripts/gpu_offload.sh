@@ -171,7 +171,10 @@ print({"p0": "p0", "p1": "", "mid": "mid", "p0nocb": "p0nocb"}[min(t, key=t.get)
 PY
 ) || pick="?"  # the picker failed: run nothing rather than the default
       echo "fullbest: slice times pick 'full$pick'" | tee -a "$LOGS/offload.log"
-      case $pick in ""|p0|mid|p0nocb) ;; *) echo "fullbest needs two of slicep0, sliceovl, slicemid, slicenocb first"; exit 2 ;; esac
+      case $pick in
+        ""|p0|mid|p0nocb) ;;
+        *) echo "fullbest needs two of slicep0, sliceovl, slicemid, slicenocb first"; exit 2 ;;
+      esac
       # a later `train` stage in this call runs the same order (unless TRAIN_EXTRA was given)
       case $pick in
         "") order=--config.offload_prefetch=1 ;;
