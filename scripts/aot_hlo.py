@@ -125,8 +125,7 @@ def main(argv):
         if not found:
             raise FileNotFoundError(f"--thunks={f.thunks}: XLA wrote no *jit_train_step*.thunk_sequence_after_thunk_"
                                     "passes.txt there")
-        with open(found[-1]) as fh:
-            print("\n".join(thunk_order.report(fh.read())))
+        thunk_order.main(["thunk_order.py", found[-1]])
 
 
 if __name__ == "__main__":

@@ -167,19 +167,16 @@ for f in glob.glob(sys.argv[1] + "/train_6blocks_remat-full_offload-opt_state-em
         t[key] = r["step_time_s"]
 for f in glob.glob(sys.argv[1] + "/slice_overlap_p0_nocb_*.json"):  # slicenocb, where it ran
     t["p0nocb"] = json.load(open(f))["step_time_s"]
-print({"p0": "p0", "p1": "", "mid": "mid", "p0nocb": "p0nocb"}[min(t, key=t.get)] if len(t) > 1 else "?")
+best = min(t, key=t.get) if len(t) > 1 else "?"
+print("" if best == "p1" else best)  # stage "full" is prefetch 1
 PY
 ) || pick="?"  # the picker failed: run nothing rather than the default
       echo "fullbest: slice times pick 'full$pick'" | tee -a "$LOGS/offload.log"
-      case $pick in
-        ""|p0|mid|p0nocb) ;;
-        *) echo "fullbest needs two of slicep0, sliceovl, slicemid, slicenocb first"; exit 2 ;;
-      esac
-      # a later `train` stage in this call runs the same order (unless TRAIN_EXTRA was given)
-      case $pick in
+      case $pick in  # the order, for a later `train` stage in this call (unless TRAIN_EXTRA was given)
         "") order=--config.offload_prefetch=1 ;;
         mid) order="--config.offload_prefetch=1 --config.offload_midblock_fetch=True" ;;
-        *) order=--config.offload_prefetch=0 ;;
+        p0|p0nocb) order=--config.offload_prefetch=0 ;;
+        *) echo "fullbest needs two of slicep0, sliceovl, slicemid, slicenocb first"; exit 2 ;;
       esac
       TRAIN_EXTRA=${TRAIN_EXTRA:-$order}
       [ "$pick" = p0nocb ] && export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer="  # train too
